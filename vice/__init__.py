@@ -1,0 +1,1 @@
+"""vice: dense self-supervised pretraining (ViCE) at cluster scale."""

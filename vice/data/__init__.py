@@ -1,0 +1,1 @@
+"""Data pipeline: image sources, superpixels, ViCE views with regional masking, loading."""

@@ -1,0 +1,58 @@
+"""The interface every image source implements, and the errors they raise.
+
+A source knows how many images it has and how to load image i (and its label map, for
+evaluation splits). It knows nothing of views, superpixels or batching.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+IGNORE_INDEX = 255  # label value for pixels that no class covers; ignored by every metric
+
+
+class DatasetRootError(ValueError):
+    """A data root is missing, has the wrong layout, or holds no images."""
+
+
+def root_error(name: str, root: str | Path, problem: str, layout: str) -> DatasetRootError:
+    """Builds the error text users see for a bad root: the path, what is wrong, the layout."""
+    return DatasetRootError(
+        f"{name} data set at '{root}': {problem}.\nExpected layout:\n{layout.rstrip()}\n"
+        f"Fix: set data.root to the directory that holds this layout."
+    )
+
+
+class ImageSource(ABC):
+    """Indexed access to the images (and optional semantic labels) of one split."""
+
+    #: Number of evaluation classes when labels exist, else None.
+    num_classes: int | None = None
+    #: Class names, index-aligned with label ids, when labels exist.
+    class_names: tuple[str, ...] = ()
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def key(self, index: int) -> str:
+        """A stable identifier of image `index` (its path for files)."""
+
+    def path(self, index: int) -> Path | None:
+        """The file behind image `index`, or None for procedural sources."""
+        return None
+
+    @abstractmethod
+    def load_image(self, index: int) -> np.ndarray:
+        """Image `index` as RGB uint8 (H, W, 3). Raises UnreadableImageError if corrupt."""
+
+    @property
+    def has_labels(self) -> bool:
+        return self.num_classes is not None
+
+    def load_label(self, index: int) -> np.ndarray:
+        """Label map (H, W) int64 with ids in [0, num_classes) or IGNORE_INDEX."""
+        raise NotImplementedError(f"{type(self).__name__} has no labels for this split")

@@ -1,0 +1,106 @@
+"""The pretraining data set: image source -> standardised image -> superpixels -> ViCE views.
+
+Every sample is a pure function of (data.seed, epoch, index): the sampler hands out
+(epoch, index) keys and all randomness comes from generators seeded by them, so worker count,
+worker scheduling and resumption never change what a step sees.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from vice.config import DataConfig
+from vice.data.datasets.base import ImageSource
+from vice.data.image_io import UnreadableImageError
+from vice.data.sample import ViceSample, build_views
+from vice.data.superpixel_cache import SuperpixelCache
+from vice.data.superpixels import compute_superpixels
+from vice.data.views import standardise
+
+log = logging.getLogger(__name__)
+
+_SUBSTITUTE = 1  # stream tags keep the generators of different purposes independent
+_VIEWS = 2
+
+
+class ViceDataset(torch.utils.data.Dataset):
+    """Map-style data set indexed by (epoch, index) keys (a bare int means epoch 0)."""
+
+    def __init__(
+        self, source: ImageSource, cfg: DataConfig, keep_debug: bool = False
+    ) -> None:
+        if len(source) == 0:
+            raise ValueError(f"data set {type(source).__name__} is empty")
+        self.source = source
+        self.cfg = cfg
+        self.keep_debug = keep_debug
+        cache_dir = cfg.superpixels.cache_dir
+        self.cache = SuperpixelCache(cache_dir) if cache_dir else None
+        self.skipped_total = 0  # per process; batches carry their own count to the trainer
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def prepare(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised RGB image (H, W, 3) and its superpixel ids (H, W) int32."""
+        img = self.source.load_image(index)
+        vcfg = self.cfg.views
+        img = standardise(img, vcfg.short_side, vcfg.max_side)
+        path = self.source.path(index)
+        if self.cache is not None and path is not None:
+            ids = self.cache.get_or_compute(
+                path, img.shape[:2], self.cfg.superpixels,
+                lambda: compute_superpixels(img, self.cfg.superpixels),
+            )
+        else:
+            ids = compute_superpixels(img, self.cfg.superpixels)
+        return img, ids
+
+    def _substitute(self, epoch: int, index: int, attempt: int) -> int:
+        rng = np.random.default_rng([self.cfg.seed, epoch, index, _SUBSTITUTE, attempt])
+        return int(rng.integers(len(self.source)))
+
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        epoch, index = (0, int(key)) if np.isscalar(key) else (int(key[0]), int(key[1]))
+        skipped = 0
+        current = index
+        for attempt in range(self.cfg.max_resample * 4):
+            if current in self._bad:
+                current = self._substitute(epoch, index, attempt)
+                continue
+            try:
+                img, ids = self.prepare(current)
+            except UnreadableImageError as err:
+                self._bad.add(current)
+                skipped += 1
+                self.skipped_total += 1
+                log.warning("skipping unreadable image (%d skipped so far): %s",
+                            self.skipped_total, err)
+                current = self._substitute(epoch, index, attempt)
+                continue
+            sample = self._views(epoch, index, current, img, ids)
+            if sample is not None:
+                return {"sample": sample, "key": (epoch, index), "index": current,
+                        "skipped": skipped}
+            # No common superpixel after masking, even after resampling views: other image.
+            current = self._substitute(epoch, index, attempt)
+        raise RuntimeError(
+            f"could not build a sample for index {index} (epoch {epoch}) after "
+            f"{self.cfg.max_resample * 4} tries; {skipped} unreadable images on the way. "
+            f"Check data.root and the images it holds."
+        )
+
+    def _views(
+        self, epoch: int, index: int, current: int, img: np.ndarray, ids: np.ndarray
+    ) -> ViceSample | None:
+        for attempt in range(self.cfg.max_resample):
+            rng = np.random.default_rng([self.cfg.seed, epoch, index, _VIEWS, current, attempt])
+            sample = build_views(rng, img, ids, self.cfg, self.keep_debug)
+            if sample is not None:
+                return sample
+        return None

@@ -1,0 +1,91 @@
+"""One ViCE training sample: views, aligned superpixel targets and regional masks.
+
+Shapes: V = views, S = view side, R = target regions of this image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vice.config import DataConfig
+from vice.data.augment import normalise, photometric
+from vice.data.masking import align_ids, common_ids, regional_masking
+from vice.data.views import ViewBox, crop_ids, crop_image, sample_view_boxes
+
+
+@dataclass
+class ViceSample:
+    """Everything the method needs from one image; `debug` is filled only on request."""
+
+    views_VCSS: torch.Tensor  # float32, normalised, masked pixels replaced by noise
+    ids_VSS: torch.Tensor  # int64 region index r in [0, R) (same superpixel in every view), -1
+    regions_R: torch.Tensor  # int64 source superpixel id of each region
+    flips_V: torch.Tensor  # bool, view was flipped horizontally
+    boxes_V3: torch.Tensor  # float32 (cx, cy, side) in standardised source px
+    masked_VSS: torch.Tensor  # bool, pixel replaced by noise
+    debug: dict = field(default_factory=dict)
+
+
+def build_views(
+    rng: np.random.Generator,
+    img_HW3: np.ndarray,
+    ids_HW: np.ndarray,
+    cfg: DataConfig,
+    keep_debug: bool = False,
+) -> ViceSample | None:
+    """Samples views of a standardised image and its superpixel map.
+
+    Returns None when no common superpixel survives masking (the caller resamples).
+    """
+    vcfg = cfg.views
+    size = vcfg.view_size
+    boxes = sample_view_boxes(rng, img_HW3, vcfg)
+    view_ids = [crop_ids(ids_HW, b, size) for b in boxes]
+    # Flip the id maps like their views; crop_ids samples un-flipped geometry.
+    view_ids = [v[:, ::-1] if b.flip else v for v, b in zip(view_ids, boxes, strict=True)]
+    common = common_ids(view_ids)
+    if common.size == 0:
+        return None
+    masks, targets, mask_boxes = regional_masking(rng, view_ids, common, cfg.masking)
+    if targets.size == 0:
+        return None
+
+    source = Image.fromarray(img_HW3)
+    mcfg = cfg.masking
+    noise_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    views = []
+    for box, mask in zip(boxes, masks, strict=True):
+        view = normalise(photometric(rng, crop_image(source, box, size), vcfg), vcfg.mean, vcfg.std)
+        if mask.any():
+            noise = torch.rand(view.shape, generator=noise_gen)
+            noise = noise * (mcfg.noise_high - mcfg.noise_low) + mcfg.noise_low
+            m = torch.from_numpy(mask)[None].expand_as(view)
+            view = torch.where(m, noise, view)
+        views.append(view)
+
+    sample = ViceSample(
+        views_VCSS=torch.stack(views),
+        ids_VSS=torch.from_numpy(align_ids(view_ids, targets)),
+        regions_R=torch.from_numpy(targets.astype(np.int64)),
+        flips_V=torch.tensor([b.flip for b in boxes]),
+        boxes_V3=torch.tensor([[b.cx, b.cy, b.side] for b in boxes], dtype=torch.float32),
+        masked_VSS=torch.from_numpy(np.stack(masks)),
+    )
+    if keep_debug:
+        sample.debug = {
+            "boxes": boxes,
+            "view_source_ids": view_ids,
+            "common": common,
+            "mask_boxes": mask_boxes,
+        }
+    return sample
+
+
+def box_from_row(row: torch.Tensor, flip: bool) -> ViewBox:
+    """Rebuilds a ViewBox from a boxes_V3 row and its flip flag."""
+    cx, cy, side = (float(v) for v in row)
+    return ViewBox(cx, cy, side, flip)
