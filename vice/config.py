@@ -197,3 +197,25 @@ def from_dict(cls: type, values: dict[str, Any] | None, prefix: str = "") -> Any
         else:
             kwargs[key] = value
     return cls(**kwargs)
+
+
+@dataclass
+class FigureConfig:
+    """What the views figure of a run shows."""
+
+    indices: list[int] = field(default_factory=lambda: [0, 1])  # images of data.split to draw
+    epoch: int = 0
+
+
+@dataclass
+class Config:
+    """The whole job configuration (Hydra's structured schema is this class)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    figure: FigureConfig = field(default_factory=FigureConfig)
+
+    def validate(self) -> Config:
+        self.data.validate("data")
+        for i, index in enumerate(self.figure.indices):
+            _check_range(f"figure.indices[{i}]", index, 0)
+        return self

@@ -47,7 +47,9 @@ def photometric(rng: np.random.Generator, img: Image.Image, cfg: ViewConfig) -> 
     if rng.random() < cfg.gray_prob:
         img = img.convert("L").convert("RGB")
     if rng.random() < cfg.blur_prob:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(cfg.blur_sigma_min, cfg.blur_sigma_max)))
+        img = img.filter(
+            ImageFilter.GaussianBlur(rng.uniform(cfg.blur_sigma_min, cfg.blur_sigma_max))
+        )
     return img
 
 

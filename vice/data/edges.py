@@ -58,11 +58,11 @@ def edge_placement_map(
     informative, mixed with a uniform `floor` so flat images still get every position.
     """
     gray = img_HW3.astype(np.float32) @ _GRAY
-    edges = canny(gray, low, high).astype(np.float32)
+    edges = canny(gray, low, high).astype(np.float64)
     if blur_sigma > 0:
         edges = ndimage.gaussian_filter(edges, blur_sigma)
     total = float(edges.sum())
     n = edges.size
     if total <= 0:
         return np.full(edges.shape, 1.0 / n)
-    return (1.0 - floor) * edges.astype(np.float64) / total + floor / n
+    return (1.0 - floor) * edges / total + floor / n

@@ -30,9 +30,7 @@ _VIEWS = 2
 class ViceDataset(torch.utils.data.Dataset):
     """Map-style data set indexed by (epoch, index) keys (a bare int means epoch 0)."""
 
-    def __init__(
-        self, source: ImageSource, cfg: DataConfig, keep_debug: bool = False
-    ) -> None:
+    def __init__(self, source: ImageSource, cfg: DataConfig, keep_debug: bool = False) -> None:
         if len(source) == 0:
             raise ValueError(f"data set {type(source).__name__} is empty")
         self.source = source
@@ -54,7 +52,9 @@ class ViceDataset(torch.utils.data.Dataset):
         path = self.source.path(index)
         if self.cache is not None and path is not None:
             ids = self.cache.get_or_compute(
-                path, img.shape[:2], self.cfg.superpixels,
+                path,
+                img.shape[:2],
+                self.cfg.superpixels,
                 lambda: compute_superpixels(img, self.cfg.superpixels),
             )
         else:
@@ -79,14 +79,19 @@ class ViceDataset(torch.utils.data.Dataset):
                 self._bad.add(current)
                 skipped += 1
                 self.skipped_total += 1
-                log.warning("skipping unreadable image (%d skipped so far): %s",
-                            self.skipped_total, err)
+                log.warning(
+                    "skipping unreadable image (%d skipped so far): %s", self.skipped_total, err
+                )
                 current = self._substitute(epoch, index, attempt)
                 continue
             sample = self._views(epoch, index, current, img, ids)
             if sample is not None:
-                return {"sample": sample, "key": (epoch, index), "index": current,
-                        "skipped": skipped}
+                return {
+                    "sample": sample,
+                    "key": (epoch, index),
+                    "index": current,
+                    "skipped": skipped,
+                }
             # No common superpixel after masking, even after resampling views: other image.
             current = self._substitute(epoch, index, attempt)
         raise RuntimeError(

@@ -44,9 +44,7 @@ def build_views(
     vcfg = cfg.views
     size = vcfg.view_size
     boxes = sample_view_boxes(rng, img_HW3, vcfg)
-    view_ids = [crop_ids(ids_HW, b, size) for b in boxes]
-    # Flip the id maps like their views; crop_ids samples un-flipped geometry.
-    view_ids = [v[:, ::-1] if b.flip else v for v, b in zip(view_ids, boxes, strict=True)]
+    view_ids = [crop_ids(ids_HW, b, size) for b in boxes]  # flipped like their views
     common = common_ids(view_ids)
     if common.size == 0:
         return None

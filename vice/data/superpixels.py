@@ -58,7 +58,9 @@ def slic_superpixels(
     Deterministic: single-threaded fast-slic, fixed grid initialisation.
     """
     if img_HW3.dtype != np.uint8 or img_HW3.ndim != 3 or img_HW3.shape[2] != 3:
-        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {img_HW3.dtype} {img_HW3.shape}")
+        raise ValueError(
+            f"expected an RGB uint8 image (H, W, 3), got {img_HW3.dtype} {img_HW3.shape}"
+        )
     h, w = img_HW3.shape[:2]
     num_components = max(1, round(h * w / region_size**2))
     if num_components == 1 or min(h, w) < 4:
@@ -82,6 +84,4 @@ def compute_superpixels(img_HW3: np.ndarray, cfg: SuperpixelConfig) -> np.ndarra
     """The id map the configured method gives for an RGB uint8 image."""
     if cfg.method == "grid":
         return grid_superpixels(img_HW3.shape[0], img_HW3.shape[1], cfg.region_size)
-    return slic_superpixels(
-        img_HW3, cfg.region_size, cfg.compactness, cfg.iterations, cfg.blur
-    )
+    return slic_superpixels(img_HW3, cfg.region_size, cfg.compactness, cfg.iterations, cfg.blur)

@@ -119,7 +119,8 @@ def view_to_source(box: ViewBox, size: int, i: np.ndarray, j: np.ndarray) -> tup
 
 
 def crop_ids(ids_HW: np.ndarray, box: ViewBox, size: int) -> np.ndarray:
-    """Nearest-neighbour crop of an id map (S x S, int32); -1 outside the source."""
+    """Nearest-neighbour crop of an id map (S x S, int32), flipped like its view; -1 outside
+    the source."""
     h, w = ids_HW.shape
     y, x = view_to_source(box, size, np.arange(size)[:, None], np.arange(size)[None, :])
     inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)

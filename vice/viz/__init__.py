@@ -1,0 +1,1 @@
+"""Figures (Pillow only, so they render on any node without a display)."""
