@@ -1,10 +1,8 @@
-"""The main job.
+"""The main job: pretrain, then evaluate, tracked in MLflow.
 
-    python jobs/launch.py                     # local, synthetic data (the embedded default)
-    python jobs/launch.py data=coco data.root=/data/coco
-
-At this stage of the roadmap the job validates the configuration, writes the resolved
-config into a fresh run directory and renders the ViCE views of `figure.indices` there.
+python jobs/launch.py                          # local, synthetic data (embedded default)
+python jobs/launch.py experiment=smoke         # the 3-minute version used by tests
+python jobs/launch.py data=coco data.root=/data/coco trainer.gpus_per_node=8
 """
 
 from __future__ import annotations
@@ -13,14 +11,26 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vice.hydra_schema import register, to_config
 
 register()
+
+
+def print_summary(metrics: dict, run_dir: Path, tracker) -> None:
+    from vice.eval.evaluate import format_summary
+
+    if metrics:
+        print(format_summary(metrics))
+    print(f"run_dir: {run_dir}")
+    if tracker.run_id:
+        print(f"mlflow_run_id: {tracker.run_id}")
+        print(f"mlflow ui: {tracker.ui_command()}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -30,41 +40,22 @@ def main(cfg: DictConfig) -> str:
     except ValueError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    config.run_dir = str(run_dir)
 
-    from vice.data.datasets import build_source
-    from vice.data.pretrain import ViceDataset
-    from vice.viz.views_figure import render_views_figure
+    from local import run_local
 
-    source = build_source(config.data)
-    ds = ViceDataset(source, config.data, keep_debug=True)
-    written = []
-    for index in config.figure.indices:
-        if index >= len(source):
-            print(
-                f"config error: figure.indices has {index} but the data set has "
-                f"{len(source)} images",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
-        item = ds[(config.figure.epoch, index)]
-        img, ids = ds.prepare(item["index"])
-        fig = render_views_figure(
-            img,
-            ids,
-            item["sample"],
-            config.data.views.mean,
-            config.data.views.std,
-            title=f"{config.data.dataset} {source.key(item['index'])}",
-        )
-        out = run_dir / f"views_{index}.png"
-        fig.save(out)
-        written.append(out)
-    for out in written:
-        print(f"views figure: {out}")
-    print(f"run_dir: {run_dir}")
+    from vice.pipeline import render_views, write_config
+    from vice.tracking import build_tracker
+
+    write_config(config, run_dir)
+    tracker = build_tracker(config.tracking, run_dir, run_name=config.tracking.run_name)
+    tracker.log_artifact(run_dir / "config.yaml")
+    for path in render_views(config, run_dir):
+        tracker.log_artifact(path, "views")
+    metrics = run_local(config, run_dir, tracker)
+    print_summary(metrics, run_dir, tracker)
     return str(run_dir)
 
 

@@ -199,6 +199,186 @@ def from_dict(cls: type, values: dict[str, Any] | None, prefix: str = "") -> Any
     return cls(**kwargs)
 
 
+BACKBONES = ("resnet18", "resnet50", "resnet101")
+DECODERS = ("deeplabv3plus", "fpn")
+POOLINGS = ("mean", "representative")
+OPTIMIZERS = ("sgd_larc", "sgd_lars", "sgd")
+
+
+@dataclass
+class ModelConfig:
+    """Segmentation network producing L2-normalised per-pixel embeddings, plus prototypes."""
+
+    backbone: str = "resnet50"  # dilated torchvision ResNet: resnet18 / resnet50 / resnet101
+    output_stride: int = 8  # 8 (layer3/4 dilated 2/4) or 16 (layer4 dilated 2)
+    decoder: str = "deeplabv3plus"  # or "fpn" (PiCIE-style)
+    embed_dim: int = 128
+    num_prototypes: int = 128  # K (published: 128 DeepLab, 27 FPN)
+    aspp_rates: list[int] = field(default_factory=lambda: [12, 24, 36])  # at output stride 8
+    weights: str | None = None  # local torchvision-format backbone state dict; never downloaded
+    channels_last: bool = True  # on CUDA only
+    sync_bn: bool = True  # SyncBatchNorm under DDP on CUDA (gloo has no SyncBN support)
+
+    def validate(self, prefix: str = "model") -> None:
+        if self.backbone not in BACKBONES:
+            raise _fail(f"{prefix}.backbone", self.backbone, f"one of {list(BACKBONES)}")
+        if self.output_stride not in (8, 16):
+            raise _fail(f"{prefix}.output_stride", self.output_stride, "8 or 16")
+        if self.decoder not in DECODERS:
+            raise _fail(f"{prefix}.decoder", self.decoder, f"one of {list(DECODERS)}")
+        _check_range(f"{prefix}.embed_dim", self.embed_dim, 2)
+        _check_range(f"{prefix}.num_prototypes", self.num_prototypes, 2)
+        if len(self.aspp_rates) != 3 or min(self.aspp_rates) < 1:
+            raise _fail(f"{prefix}.aspp_rates", list(self.aspp_rates), "3 positive dilations")
+
+
+@dataclass
+class MethodConfig:
+    """ViCE's loss (methods.md section 1); every constant is the published default."""
+
+    name: str = "vice"
+    temperature: float = 0.1  # softmax temperature of the predicting views
+    epsilon: float = 0.05  # Sinkhorn-Knopp entropic regularisation
+    sinkhorn_iterations: int = 3
+    pooling: str = "representative"  # "mean" (FPN runs) or "representative" (DeepLab runs)
+    coherence_weight: float = 1.0  # total = (coherence_weight * coherence + swav) / 2
+    queue_length: int = 160_000  # global (all ranks); 0 disables the queue
+    queue_start: int = 313  # iteration from which the queue joins Sinkhorn
+    freeze_prototypes_iters: int = 313  # prototypes get no update for this many iterations
+
+    def validate(self, prefix: str = "method") -> None:
+        if self.name != "vice":
+            raise _fail(f"{prefix}.name", self.name, "one of ['vice']")
+        _check_range(f"{prefix}.temperature", self.temperature, 0.0, lo_open=True)
+        _check_range(f"{prefix}.epsilon", self.epsilon, 0.0, lo_open=True)
+        _check_range(f"{prefix}.sinkhorn_iterations", self.sinkhorn_iterations, 1)
+        if self.pooling not in POOLINGS:
+            raise _fail(f"{prefix}.pooling", self.pooling, f"one of {list(POOLINGS)}")
+        _check_range(f"{prefix}.coherence_weight", self.coherence_weight, 0.0)
+        _check_range(f"{prefix}.queue_length", self.queue_length, 0)
+        _check_range(f"{prefix}.queue_start", self.queue_start, 0)
+        _check_range(f"{prefix}.freeze_prototypes_iters", self.freeze_prototypes_iters, 0)
+
+
+@dataclass
+class OptimConfig:
+    """SGD + LARC, linear warm-up then cosine, stepped per iteration (published R50 recipe)."""
+
+    name: str = "sgd_larc"  # sgd_larc (trust clipping), sgd_lars (scaling), sgd
+    lr: float = 0.32  # peak learning rate (after warm-up)
+    start_lr: float = 0.02  # warm-up starts here
+    final_lr: float = 0.00032  # cosine ends here
+    warmup_iters: int = 313
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    trust_coefficient: float = 0.001  # LARC/LARS eta
+    grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+
+    def validate(self, prefix: str = "optim") -> None:
+        if self.name not in OPTIMIZERS:
+            raise _fail(f"{prefix}.name", self.name, f"one of {list(OPTIMIZERS)}")
+        _check_range(f"{prefix}.lr", self.lr, 0.0, lo_open=True)
+        _check_range(f"{prefix}.start_lr", self.start_lr, 0.0)
+        _check_range(f"{prefix}.final_lr", self.final_lr, 0.0)
+        _check_range(f"{prefix}.warmup_iters", self.warmup_iters, 0)
+        _check_range(f"{prefix}.momentum", self.momentum, 0.0, 1.0)
+        _check_range(f"{prefix}.weight_decay", self.weight_decay, 0.0)
+        _check_range(f"{prefix}.trust_coefficient", self.trust_coefficient, 0.0, lo_open=True)
+        _check_range(f"{prefix}.grad_clip", self.grad_clip, 0.0)
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop, its processes, logging and checkpoints."""
+
+    nodes: int = 1
+    gpus_per_node: int = 1  # processes per node (CPU processes when there is no GPU)
+    epochs: int = 12
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (overrides epochs)
+    log_every: int = 10  # steps between log lines / MLflow metrics
+    checkpoint_every: int = 500  # steps between checkpoints
+    checkpoint_minutes: float = 30.0  # ... and at least this often in wall time
+    keep_checkpoints: int = 2  # k >= 2 newest complete checkpoints are kept
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0  # model init and any non-data randomness
+    deterministic: bool = True  # deterministic algorithms (bit-exact resume on CPU)
+    threads_per_process: int = 0  # torch CPU threads per process; 0 = cores / processes
+
+    def validate(self, prefix: str = "trainer") -> None:
+        _check_range(f"{prefix}.nodes", self.nodes, 1)
+        _check_range(f"{prefix}.gpus_per_node", self.gpus_per_node, 1)
+        _check_range(f"{prefix}.epochs", self.epochs, 1)
+        _check_range(f"{prefix}.max_steps", self.max_steps, 0)
+        _check_range(f"{prefix}.log_every", self.log_every, 1)
+        _check_range(f"{prefix}.checkpoint_every", self.checkpoint_every, 1)
+        _check_range(f"{prefix}.checkpoint_minutes", self.checkpoint_minutes, 0.0, lo_open=True)
+        if self.keep_checkpoints < 2:
+            raise _fail(
+                f"{prefix}.keep_checkpoints",
+                self.keep_checkpoints,
+                "must be >= 2 (a crash while writing one must leave a complete older one)",
+            )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise _fail(f"{prefix}.device", self.device, "one of ['auto', 'cpu', 'cuda']")
+        _check_range(f"{prefix}.threads_per_process", self.threads_per_process, 0)
+
+
+@dataclass
+class EvalConfig:
+    """Unsupervised segmentation evaluation: k-means clustering and a linear probe."""
+
+    enabled: bool = True
+    image_size: int = 128  # eval images: short side resized to this, then center-cropped square
+    max_images: int = 0  # 0 = the whole eval split
+    cluster_counts: list[int] = field(default_factory=lambda: [27, 45, 128, 256])
+    kmeans_iters: int = 30
+    kmeans_fit_pixels: int = 200_000  # pixels sampled to fit centroids; all are assigned
+    kmeans_restarts: int = 1
+    linear: bool = True
+    linear_train_split: str = "train"  # labelled split the probe is trained on
+    linear_train_images: int = 256
+    linear_iters: int = 12_000
+    linear_lr: float = 0.01
+    linear_batch_pixels: int = 65_536
+    batch_size: int = 8  # images per forward pass
+    figure_rows: int = 4
+    seed: int = 0
+
+    def validate(self, prefix: str = "eval") -> None:
+        _check_range(f"{prefix}.image_size", self.image_size, 16)
+        _check_range(f"{prefix}.max_images", self.max_images, 0)
+        if not self.cluster_counts or min(self.cluster_counts) < 2:
+            raise _fail(
+                f"{prefix}.cluster_counts",
+                list(self.cluster_counts),
+                "a non-empty list of cluster counts >= 2",
+            )
+        _check_range(f"{prefix}.kmeans_iters", self.kmeans_iters, 1)
+        _check_range(f"{prefix}.kmeans_fit_pixels", self.kmeans_fit_pixels, 1)
+        _check_range(f"{prefix}.kmeans_restarts", self.kmeans_restarts, 1)
+        _check_range(f"{prefix}.linear_train_images", self.linear_train_images, 1)
+        _check_range(f"{prefix}.linear_iters", self.linear_iters, 1)
+        _check_range(f"{prefix}.linear_lr", self.linear_lr, 0.0, lo_open=True)
+        _check_range(f"{prefix}.linear_batch_pixels", self.linear_batch_pixels, 1)
+        _check_range(f"{prefix}.batch_size", self.batch_size, 1)
+        _check_range(f"{prefix}.figure_rows", self.figure_rows, 1)
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: SQLite file by default, any tracking URI otherwise; rank 0 logs."""
+
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "vice"
+    run_name: str | None = None
+
+    def validate(self, prefix: str = "tracking") -> None:
+        if self.enabled and not self.uri:
+            raise _fail(f"{prefix}.uri", self.uri, "a tracking URI, e.g. sqlite:///mlflow.db")
+
+
 @dataclass
 class FigureConfig:
     """What the views figure of a run shows."""
@@ -212,10 +392,29 @@ class Config:
     """The whole job configuration (Hydra's structured schema is this class)."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     figure: FigureConfig = field(default_factory=FigureConfig)
+    run_dir: str | None = None  # set by the launcher; everything a run writes goes here
 
     def validate(self) -> Config:
         self.data.validate("data")
+        self.model.validate("model")
+        self.method.validate("method")
+        self.optim.validate("optim")
+        self.trainer.validate("trainer")
+        self.eval.validate("eval")
+        self.tracking.validate("tracking")
         for i, index in enumerate(self.figure.indices):
             _check_range(f"figure.indices[{i}]", index, 0)
+        if self.eval.enabled and self.data.dataset == "folder":
+            raise _fail(
+                "data.dataset",
+                "folder",
+                "has no labels to evaluate on; set eval.enabled=false or use a labelled data set",
+            )
         return self

@@ -1,6 +1,7 @@
 import numpy as np
+from scipy import ndimage
 
-from vice.data.edges import canny, edge_placement_map
+from vice.data.edges import canny, edge_placement_map, gaussian_blur_float
 
 
 def _disc(radius=100):
@@ -38,3 +39,19 @@ def test_placement_map_is_a_distribution_peaked_at_edges():
 def test_flat_image_gives_uniform_map():
     p = edge_placement_map(np.full((40, 50, 3), 7, np.uint8), 10, 50, 3.0, 0.02)
     np.testing.assert_allclose(p, 1 / 2000)
+
+
+def test_canny_accepts_uint8_and_float_alike():
+    img, _, _ = _disc(60)
+    gray = img[:, :, 0]
+    np.testing.assert_array_equal(canny(gray, 10, 50), canny(gray.astype(np.float32), 10, 50))
+
+
+def test_edge_blur_is_scipys_gaussian_filter():
+    edges = np.zeros((60, 70), np.float32)
+    edges[10, 5:60] = 1.0
+    edges[:, 0] = 1.0  # at the border: reflect mode
+    for sigma in (0.7, 1.5, 3.0):
+        np.testing.assert_allclose(
+            gaussian_blur_float(edges, sigma), ndimage.gaussian_filter(edges, sigma), atol=1e-6
+        )

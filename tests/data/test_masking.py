@@ -1,5 +1,6 @@
 import dataclasses
 import math
+from functools import reduce
 
 import numpy as np
 import pytest
@@ -121,3 +122,52 @@ def test_align_ids_maps_targets_to_region_indices():
     v = [np.array([[5, 7], [9, -1]]), np.array([[9, 9], [5, 2]])]
     out = masking.align_ids(v, np.array([5, 9]))
     np.testing.assert_array_equal(out, [[[0, -1], [1, -1]], [[1, 1], [0, -1]]])
+
+
+def _random_views(seed, n_views=4, size=24, n_ids=90):
+    """Overlapping random id maps with -1 borders, like crops of one source."""
+    rng = np.random.default_rng(seed)
+    views = []
+    for _ in range(n_views):
+        v = rng.integers(0, n_ids, (size, size)).astype(np.int32)
+        v[: rng.integers(0, 5)] = -1
+        v[:, size - rng.integers(0, 5) :] = -1
+        views.append(v)
+    return views
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_common_and_align_equal_set_based_references(seed):
+    views = _random_views(seed)
+    ref = reduce(np.intersect1d, [np.unique(v) for v in views])
+    ref = ref[ref >= 0]
+    common = masking.common_ids(views)
+    np.testing.assert_array_equal(common, ref)
+    assert common.dtype == views[0].dtype
+    targets = common[::3]
+    lut = {int(t): r for r, t in enumerate(targets)}
+    expected = np.vectorize(lambda i: lut.get(int(i), -1))(np.stack(views))
+    out = masking.align_ids(views, targets)
+    assert out.dtype == np.int64 and out.shape == (4, 24, 24)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(masking.align_ids(views, targets[:0]), np.full(out.shape, -1))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_masks_are_exactly_the_touched_unprotected_ids(seed):
+    views = _random_views(seed)
+    common = masking.common_ids(views)
+    masks, targets, boxes = masking.regional_masking(
+        np.random.default_rng(seed), views, common, MaskConfig(max_box_ratio=0.5)
+    )
+    for v, m in enumerate(masks):
+        if boxes[v] is None:
+            assert not m.any()
+            continue
+        y0, x0, y1, x1 = boxes[v]
+        masked = set(np.unique(views[v][m]).tolist())
+        touched = set(np.unique(views[v][y0:y1, x0:x1]).tolist()) - {-1}
+        assert masked <= touched and -1 not in masked
+        # every pixel of a masked id is masked (whole superpixels)
+        np.testing.assert_array_equal(m, np.isin(views[v], list(masked)))
+        assert not masked & set(targets.tolist())

@@ -1,6 +1,7 @@
 import dataclasses
 
 import numpy as np
+import torch
 
 from vice.data.datasets.synthetic import SyntheticSource
 from vice.data.sample import box_from_row, build_views
@@ -90,3 +91,29 @@ def test_sample_shapes_and_types(small_cfg):
     assert s.ids_VSS.shape == (v, size, size) and s.masked_VSS.shape == (v, size, size)
     assert s.flips_V.shape == (v,) and s.boxes_V3.shape == (v, 3)
     assert s.debug == {}
+
+
+def test_a_sample_is_a_pure_function_of_its_generator(small_cfg):
+    img, ids = _source(small_cfg, 4)
+    a = build_views(np.random.default_rng(11), img, ids, small_cfg)
+    b = build_views(np.random.default_rng(11), img, ids, small_cfg)
+    c = build_views(np.random.default_rng(12), img, ids, small_cfg)
+    fields = ("views_VCSS", "ids_VSS", "regions_R", "flips_V", "boxes_V3", "masked_VSS")
+    for name in fields:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert not torch.equal(a.views_VCSS, c.views_VCSS)
+    assert a.masked_VSS.any()  # the noise path ran
+
+
+def test_masked_pixels_hold_noise_and_the_rest_the_augmented_view(small_cfg):
+    img, ids = _source(small_cfg, 5)
+    s = build_views(np.random.default_rng(13), img, ids, small_cfg)
+    m = s.masked_VSS[:, None].expand_as(s.views_VCSS)
+    noise = s.views_VCSS[m]
+    assert noise.numel() > 0 and noise.min() >= -1.0 and noise.max() < 1.0
+    # unmasked pixels are normalised uint8 levels: (k/255 - mean) / std for an integer k
+    mean = torch.tensor(small_cfg.views.mean)[None, :, None, None]
+    std = torch.tensor(small_cfg.views.std)[None, :, None, None]
+    levels = (s.views_VCSS * std + mean) * 255
+    kept = levels[~m]
+    torch.testing.assert_close(kept, kept.round(), atol=1e-3, rtol=0)

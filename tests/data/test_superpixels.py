@@ -8,6 +8,7 @@ from vice.data.datasets.synthetic import SyntheticSource
 from vice.data.image_io import pil_to_rgb_uint8
 from vice.data.superpixels import (
     compute_superpixels,
+    gaussian_blur_uint8,
     grid_superpixels,
     relabel_contiguous,
     slic_superpixels,
@@ -115,3 +116,20 @@ def test_very_small_images(shape):
 def test_rejects_non_rgb():
     with pytest.raises(ValueError, match=r"RGB uint8"):
         slic_superpixels(np.zeros((10, 10), np.uint8))
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+def test_blur_is_the_gaussian_of_opencvs_sigma_rule(kernel):
+    """About one level from a float Gaussian with sigma 0.3 ((k-1)/2 - 1) + 0.8, support k x k,
+    edges replicated (not OpenCV's binomial kernels for sigma 0): rounding to uint8 plus
+    OpenCV's fixed-point kernel weights."""
+    img = np.random.default_rng(kernel).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
+    radius = (kernel - 1) // 2
+    ref = ndimage.gaussian_filter(
+        img.astype(np.float64), (sigma, sigma, 0), truncate=radius / sigma, mode="nearest"
+    )
+    out = gaussian_blur_uint8(img, kernel)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert np.abs(out - ref).max() <= 1.05
+    assert gaussian_blur_uint8(img, 1) is img

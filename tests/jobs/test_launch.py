@@ -1,3 +1,6 @@
+"""`python jobs/launch.py` end to end: pretrain (torchrun) -> evaluate -> MLflow."""
+
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,36 +10,76 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _launch(tmp_path, *overrides):
+def _launch(tmp_path, *overrides, timeout=600):
     return subprocess.run(
         [
             sys.executable,
             str(ROOT / "jobs" / "launch.py"),
             f"hydra.run.dir={tmp_path}/run",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             *overrides,
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         cwd=tmp_path,
     )
 
 
 @pytest.mark.slow
-def test_main_job_renders_views_into_run_dir(tmp_path):
-    proc = _launch(tmp_path, "figure.indices=[3]")
-    assert proc.returncode == 0, proc.stderr
+def test_smoke_experiment_end_to_end(tmp_path):
+    proc = _launch(tmp_path, "experiment=smoke")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "run"
-    assert f"run_dir: {run}" in proc.stdout
-    assert (run / "views_3.png").stat().st_size > 10_000
-    assert "view_size: 96" in (run / "config.yaml").read_text()
+    out = proc.stdout
+    assert f"run_dir: {run}" in out
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    for key in (
+        "clustering.8.miou",
+        "clustering.8.acc",
+        "clustering.16.miou",
+        "linear.miou",
+        "linear.acc",
+    ):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert (run / "eval" / "segmentations.png").stat().st_size > 5000
+    assert (run / "model_final.pt").is_file()
+    assert (run / "views_0.png").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_000000004",
+        "step_000000008",
+    ]
+    # progress lines when stdout is not a terminal
+    assert "step 8/8 | loss" in out and "img/s" in out
+
+    from mlflow.tracking import MlflowClient
+
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    assert f"mlflow_run_id: {run_id}" in out and "mlflow ui --backend-store-uri" in out
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    r = client.get_run(run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["model.backbone"] == "resnet18"
+    assert r.data.params["trainer.max_steps"] == "8"
+    assert "git.commit" in r.data.tags and "torch.version" in r.data.tags
+    assert abs(r.data.metrics["eval.clustering.8.miou"] - metrics["clustering.8.miou"]) < 1e-9
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert steps == [2, 4, 6, 8]
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "eval", "views"} <= artifacts
 
 
-def test_invalid_value_fails_before_writing(tmp_path):
+def test_invalid_value_fails_before_anything_is_written(tmp_path):
     proc = _launch(tmp_path, "data.views.num_views=1")
     assert proc.returncode == 2
     assert "invalid config value data.views.num_views=1: must be in [2, inf]" in proc.stderr
-    assert not list((tmp_path / "run").glob("*.png"))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    proc = _launch(tmp_path, "trainer.max_steps=abc")
+    assert proc.returncode != 0
+    assert "trainer.max_steps" in proc.stderr
 
 
 def test_missing_root_names_the_key(tmp_path):

@@ -5,48 +5,47 @@ Shapes: H, W = source image height and width.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
-_GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as OpenCV's RGB2GRAY
+# cv2.Canny takes int16 Sobel derivatives; computing them in float and storing them 8x
+# scaled keeps 1/16-level precision (a 0-255 image has |Sobel| <= 1020, so 8 * 1020 fits int16
+# and the squared L2 magnitude, up to 2 * 8160**2, fits Canny's int32 arithmetic).
+_GRAD_SCALE = 8.0
+_GAUSS_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default support, in sigmas
+
+
+def _int16(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(a), -32767, 32767).astype(np.int16)
 
 
 def canny(gray_HW: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Canny edges (bool, H x W) of a 0-255 gray image, with an L2 Sobel gradient.
+    """Canny edges (bool, H x W) of a 0-255 gray image (any real dtype), L2 Sobel gradient.
 
-    Non-maximum suppression along the gradient direction quantised to 4 orientations, then
-    hysteresis: weak edge pixels are kept only when 8-connected to a strong one.
+    A 3x3 Gaussian (sigma 0.8) then OpenCV's Canny on 3x3 Sobel derivatives: non-maximum
+    suppression along the gradient direction quantised to 4 orientations, then hysteresis:
+    pixels with magnitude > low are kept only when 8-connected to one with magnitude > high.
+    Blur and derivatives run in float (not on a uint8-rounded image) so thresholds on weak
+    gradients are not shifted by quantisation.
     """
-    g = ndimage.gaussian_filter(gray_HW.astype(np.float32), 0.8, truncate=1.25)  # 3x3 support
-    gx = ndimage.sobel(g, axis=1)
-    gy = ndimage.sobel(g, axis=0)
-    mag = np.hypot(gx, gy)
-    if float(mag.max(initial=0.0)) < low:
-        return np.zeros(gray_HW.shape, dtype=bool)
-    # Orientation bins: 0 = gradient along x, 1 = along the y=x diagonal, 2 = along y, 3 = anti.
-    angle = np.mod(np.arctan2(gy, gx), np.pi)
-    q = (np.floor((angle + np.pi / 8) / (np.pi / 4)).astype(np.int8)) % 4
-    p = np.pad(mag, 1)
-    h, w = mag.shape
+    g = gray_HW.astype(np.float32, copy=False)
+    g = cv2.GaussianBlur(g, (3, 3), 0.8, borderType=cv2.BORDER_REPLICATE)
+    dx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3, scale=_GRAD_SCALE, borderType=cv2.BORDER_REPLICATE)
+    dy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3, scale=_GRAD_SCALE, borderType=cv2.BORDER_REPLICATE)
+    edges = cv2.Canny(
+        _int16(dx), _int16(dy), low * _GRAD_SCALE, high * _GRAD_SCALE, L2gradient=True
+    )
+    return edges > 0
 
-    def shifted(dy: int, dx: int) -> np.ndarray:
-        return p[1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx]
 
-    neighbours = {0: (0, 1), 1: (1, 1), 2: (1, 0), 3: (1, -1)}
-    keep = np.zeros(mag.shape, dtype=bool)
-    for b, (dy, dx) in neighbours.items():
-        sel = q == b
-        # Strict on one side so a two-pixel plateau yields a one-pixel edge.
-        keep |= sel & (mag > shifted(dy, dx)) & (mag >= shifted(-dy, -dx))
-    weak = keep & (mag >= low)
-    strong = weak & (mag >= high)
-    if not strong.any():
-        return strong
-    labels, _ = ndimage.label(weak, structure=np.ones((3, 3), dtype=bool))
-    connected = np.zeros(labels.max() + 1, dtype=bool)
-    connected[labels[strong]] = True
-    connected[0] = False
-    return connected[labels]
+def gaussian_blur_float(x_HW: np.ndarray, sigma: float) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter(x, sigma) (truncate 4, mode 'reflect') via OpenCV:
+    the same kernel and border, float32 output."""
+    radius = int(_GAUSS_TRUNCATE * sigma + 0.5)
+    k = 2 * radius + 1
+    return cv2.GaussianBlur(
+        x_HW.astype(np.float32, copy=False), (k, k), sigma, borderType=cv2.BORDER_REFLECT
+    )
 
 
 def edge_placement_map(
@@ -57,10 +56,12 @@ def edge_placement_map(
     A blurred Canny map, so views land on object boundaries where superpixels are most
     informative, mixed with a uniform `floor` so flat images still get every position.
     """
-    gray = img_HW3.astype(np.float32) @ _GRAY
-    edges = canny(gray, low, high).astype(np.float64)
+    # ITU-R 601 luma in float (OpenCV's RGB2GRAY weights 0.299, 0.587, 0.114), unrounded.
+    gray = cv2.cvtColor(np.ascontiguousarray(img_HW3, dtype=np.float32), cv2.COLOR_RGB2GRAY)
+    edges = canny(gray, low, high).astype(np.float32)
     if blur_sigma > 0:
-        edges = ndimage.gaussian_filter(edges, blur_sigma)
+        edges = gaussian_blur_float(edges, blur_sigma)
+    edges = edges.astype(np.float64)
     total = float(edges.sum())
     n = edges.size
     if total <= 0:

@@ -2,23 +2,42 @@
 
 Shapes: V = views, S = view side. Id maps hold source superpixel ids, -1 where a view sees
 no source pixel.
+
+Set operations over whole id maps use presence tables and lookup tables indexed by id
+(linear time) instead of np.unique / np.isin (sorts): ids are dense (0..n-1 per image).
 """
 
 from __future__ import annotations
 
 import math
-from functools import reduce
 
 import numpy as np
 
 from vice.config import MaskConfig
 
 
+def _id_bound(view_ids: list[np.ndarray]) -> int:
+    """One more than the largest id in any view (0 when every pixel is -1)."""
+    return max(int(v.max(initial=-1)) for v in view_ids) + 1
+
+
+def _lookup(table: np.ndarray, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """table[ids] with id -1 reading table[-1]: the caller keeps the last entry for "outside".
+
+    np.take with mode="wrap" maps -1 to the last entry without an int64 copy of the ids and,
+    unlike mode="raise", writes into `out` unbuffered.
+    """
+    return np.take(table, ids, mode="wrap", out=out)
+
+
 def common_ids(view_ids: list[np.ndarray]) -> np.ndarray:
-    """Sorted source ids present in every view (V maps of S x S), excluding -1."""
-    present = [np.unique(v) for v in view_ids]
-    common = reduce(np.intersect1d, present)
-    return common[common >= 0]
+    """Sorted source ids present in every view (V maps of S x S), excluding -1; the dtype of
+    the id maps."""
+    n = _id_bound(view_ids)
+    present = np.ones(n + 1, dtype=bool)  # entry 0 counts id -1, dropped below
+    for v in view_ids:
+        present &= np.bincount(v.ravel() + 1, minlength=n + 1).astype(bool)
+    return np.flatnonzero(present[1:]).astype(view_ids[0].dtype)
 
 
 def sample_mask_box(
@@ -66,6 +85,7 @@ def regional_masking(
     n_protect = min(common.size, math.ceil(cfg.protect_ratio * common.size))
     protected = rng.choice(common, size=n_protect, replace=False) if n_protect else common[:0]
     masked_any = np.zeros(0, dtype=common.dtype)
+    n = max(_id_bound(view_ids), int(common.max()) + 1)
     for v, ids in enumerate(view_ids):
         if (v == 0 and not cfg.mask_center) or rng.random() >= cfg.prob:
             continue
@@ -76,7 +96,9 @@ def regional_masking(
         masked = np.setdiff1d(touched, protected, assume_unique=True)
         boxes[v] = box
         if masked.size:
-            masks[v] = np.isin(ids, masked)
+            hit = np.zeros(n + 1, dtype=bool)  # last entry: id -1, never masked
+            hit[masked] = True
+            masks[v] = _lookup(hit, ids)  # == np.isin(ids, masked)
             masked_any = np.union1d(masked_any, masked)
     targets = np.setdiff1d(common, masked_any, assume_unique=True)
     return masks, targets, boxes
@@ -85,11 +107,15 @@ def regional_masking(
 def align_ids(view_ids: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
     """Maps source ids to region indices: region r is targets[r] in every view, else -1.
 
-    Returns int64 (V, S, S).
+    Returns int64 (V, S, S), each view gathered straight into its slice of the output.
     """
-    stacked = np.stack(view_ids).astype(np.int64)
+    out = np.empty((len(view_ids), *view_ids[0].shape), dtype=np.int64)
     if targets.size == 0:
-        return np.full(stacked.shape, -1, dtype=np.int64)
-    lut = np.full(int(max(stacked.max(), targets.max())) + 2, -1, dtype=np.int64)
+        out.fill(-1)
+        return out
+    n = max(_id_bound(view_ids), int(targets.max()) + 1)
+    lut = np.full(n + 1, -1, dtype=np.int64)  # last entry: id -1 stays -1
     lut[targets] = np.arange(targets.size)
-    return lut[stacked]  # id -1 indexes the last entry, which stays -1
+    for v, ids in enumerate(view_ids):
+        _lookup(lut, ids, out=out[v])
+    return out

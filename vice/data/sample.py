@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
 
-from vice.config import DataConfig
-from vice.data.augment import normalise, photometric
+from vice.config import DataConfig, MaskConfig
+from vice.data.augment import normalise_into, photometric
 from vice.data.masking import align_ids, common_ids, regional_masking
-from vice.data.views import ViewBox, crop_ids, crop_image, sample_view_boxes
+from vice.data.views import ViewBox, crop_ids, crop_images, sample_view_boxes
 
 
 @dataclass
@@ -52,21 +51,17 @@ def build_views(
     if targets.size == 0:
         return None
 
-    source = Image.fromarray(img_HW3)
-    mcfg = cfg.masking
-    noise_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    views = []
-    for box, mask in zip(boxes, masks, strict=True):
-        view = normalise(photometric(rng, crop_image(source, box, size), vcfg), vcfg.mean, vcfg.std)
-        if mask.any():
-            noise = torch.rand(view.shape, generator=noise_gen)
-            noise = noise * (mcfg.noise_high - mcfg.noise_low) + mcfg.noise_low
-            m = torch.from_numpy(mask)[None].expand_as(view)
-            view = torch.where(m, noise, view)
-        views.append(view)
+    # Drawn here, before the photometric draws, so the noise stream is fixed by the sample's
+    # generator whatever the augmentations consume.
+    noise_rng = np.random.default_rng(int(rng.integers(2**62)))
+    crops = crop_images(img_HW3, boxes, size)  # draws nothing
+    views = torch.empty((len(boxes), 3, size, size), dtype=torch.float32)
+    for v, (crop, mask) in enumerate(zip(crops, masks, strict=True)):
+        normalise_into(views[v], photometric(rng, crop, vcfg), vcfg.mean, vcfg.std)
+        add_mask_noise(noise_rng, views[v], mask, cfg.masking)
 
     sample = ViceSample(
-        views_VCSS=torch.stack(views),
+        views_VCSS=views,
         ids_VSS=torch.from_numpy(align_ids(view_ids, targets)),
         regions_R=torch.from_numpy(targets.astype(np.int64)),
         flips_V=torch.tensor([b.flip for b in boxes]),
@@ -81,6 +76,23 @@ def build_views(
             "mask_boxes": mask_boxes,
         }
     return sample
+
+
+def add_mask_noise(
+    rng: np.random.Generator, view_3SS: torch.Tensor, mask_SS: np.ndarray, cfg: MaskConfig
+) -> None:
+    """Replaces the masked pixels of a normalised view, in place, by U(noise_low, noise_high)
+    per channel; draws only as many values as there are masked pixels (3 x count, channel-major,
+    pixels in row-major order)."""
+    count = int(np.count_nonzero(mask_SS))
+    if count == 0:
+        return
+    noise = rng.random((view_3SS.shape[0], count), dtype=np.float32)
+    noise *= cfg.noise_high - cfg.noise_low
+    noise += cfg.noise_low
+    out = view_3SS.numpy()  # shares memory with the tensor
+    for c in range(out.shape[0]):  # per channel: ~5x faster than out[:, mask] = noise
+        out[c][mask_SS] = noise[c]
 
 
 def box_from_row(row: torch.Tensor, flip: bool) -> ViewBox:

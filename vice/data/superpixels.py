@@ -5,8 +5,8 @@ Every function returns an int32 array (H, W) whose ids are contiguous: 0..n-1, e
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 from vice.config import SuperpixelConfig
 
@@ -35,15 +35,19 @@ def relabel_contiguous(ids_HW: np.ndarray) -> np.ndarray:
 
 
 def gaussian_blur_uint8(img_HW3: np.ndarray, kernel: int) -> np.ndarray:
-    """Gaussian blur with a k x k support, sigma as OpenCV derives it from k (0.8 for k=3)."""
+    """Gaussian blur (H, W, 3) uint8 with a k x k support and sigma as OpenCV derives it from k
+    (0.3 * ((k - 1) / 2 - 1) + 0.8, i.e. 0.8 for k=3), edges replicated.
+
+    The sigma is passed explicitly: with sigma 0 OpenCV would use its hard-coded binomial
+    kernels for k <= 7 ([1/4, 1/2, 1/4] for k=3), a different blur from the formula's Gaussian.
+    OpenCV's fixed-point uint8 path is deterministic and ~10x faster than a float filter.
+    """
     if kernel <= 1:
         return img_HW3
     sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
-    radius = (kernel - 1) // 2
-    out = ndimage.gaussian_filter(
-        img_HW3.astype(np.float32), sigma=(sigma, sigma, 0), truncate=radius / sigma, mode="nearest"
+    return cv2.GaussianBlur(
+        np.ascontiguousarray(img_HW3), (kernel, kernel), sigma, borderType=cv2.BORDER_REPLICATE
     )
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def slic_superpixels(

@@ -1,0 +1,125 @@
+"""Training-step throughput and peak memory for a fixed configuration.
+
+Measures forward + loss + backward + optimizer step of ViCE on pre-built batches (the data
+pipeline is benchmarked separately by bench/data.py), for each listed backbone, on CPU and,
+when present, on the GPU (bf16 autocast, channels_last). The baseline measured in the same
+run is the network alone (forward + backward of backbone and decoder with a trivial loss), so
+the printed `overhead` column says what ViCE's pooling, Sinkhorn and loss add on top of it.
+(Our pooling against the published per-region Python loop is bench/pooling.py.)
+
+    python bench/train_step.py [--views 5 --images 4 --size 96 --steps 5 --backbones resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from vice.config import DataConfig, MethodConfig, ModelConfig, OptimConfig
+from vice.data.collate import collate_vice
+from vice.data.datasets import build_source
+from vice.data.pretrain import ViceDataset
+from vice.methods import ViceMethod
+from vice.models import build_model
+from vice.train.optim import build_optimizer
+
+
+def make_batch(views: int, images: int, size: int) -> dict:
+    cfg = DataConfig()
+    cfg.synthetic.size = max(128, size)
+    cfg.views.short_side = max(128, size)
+    cfg.views.view_size = size
+    cfg.views.num_views = views
+    cfg.superpixels.region_size = max(4, size // 12)
+    ds = ViceDataset(build_source(cfg), cfg)
+    return collate_vice([ds[(0, i)] for i in range(images)])
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_steps(device, backbone, batch, steps, full: bool) -> float:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=backbone, num_prototypes=128)).to(device)
+    amp = device.type == "cuda"
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+    method = ViceMethod(MethodConfig(queue_length=0), 128).to(device)
+    opt = build_optimizer(model, OptimConfig())
+    b = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    proj = torch.randn(128, device=device)
+
+    def one(step: int) -> None:
+        if full:
+            loss, _ = method.loss(model, model.prototypes, b, step, autocast=amp)
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                z = model(b["views"].flatten(0, 1))
+            loss = (z.float() * proj[:, None, None]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.prototypes.normalize_()
+
+    one(0)  # warm-up (allocator, autotuning)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    for s in range(steps):
+        one(s + 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - tic) / steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--views", type=int, default=5)
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--backbones", default="resnet18,resnet50")
+    args = p.parse_args()
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    batch = make_batch(args.views, args.images, args.size)
+    print(
+        f"batch: {args.images} images x {args.views} views of {args.size}px, "
+        f"{int(batch['num_regions'].sum())} regions; threads={torch.get_num_threads()}"
+    )
+    print(
+        f"{'device':28s} {'backbone':10s} {'img/s':>8s} {'views/s':>8s} {'ms/step':>8s} "
+        f"{'trunk ms':>9s} {'overhead':>9s} {'peak MB':>8s}"
+    )
+    for device in devices:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        if device.type == "cuda" and args.size < 224:
+            batch = make_batch(args.views, args.images * 8, max(args.size, 224))
+        for backbone in args.backbones.split(","):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            full = time_steps(device, backbone, batch, args.steps, full=True)
+            mem = peak_mb(device)
+            trunk = time_steps(device, backbone, batch, args.steps, full=False)
+            images = batch["views"].shape[1]
+            views = images * batch["views"].shape[0]
+            print(
+                f"{name[:28]:28s} {backbone:10s} {images / full:8.2f} {views / full:8.2f} "
+                f"{full * 1e3:8.1f} {trunk * 1e3:9.1f} {full / trunk:8.2f}x {mem:8.0f}"
+            )
+    print(f"images_per_s_cpu={batch['views'].shape[1] / full:.2f}")
+
+
+if __name__ == "__main__":
+    main()

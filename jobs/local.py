@@ -1,0 +1,44 @@
+"""The local pipeline: torchrun (standalone) pretraining, then evaluation, then a summary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from vice.config import Config
+from vice.pipeline import evaluate_run
+from vice.tracking import Tracker
+
+JOBS = Path(__file__).resolve().parent
+
+
+def torchrun_command(cfg: Config, run_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={cfg.trainer.gpus_per_node}",
+        "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2",
+        str(JOBS / "pretrain.py"),
+        str(run_dir),
+    ]
+
+
+def run_local(cfg: Config, run_dir: Path, tracker: Tracker) -> dict:
+    """Pretrains with torchrun on this machine, then evaluates; returns the eval metrics."""
+    env = dict(os.environ)
+    env.setdefault(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.trainer.gpus_per_node))
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.run(torchrun_command(cfg, run_dir), env=env)
+    if proc.returncode != 0:
+        tracker.finish("FAILED")
+        raise SystemExit(f"pretraining failed (exit {proc.returncode}); run_dir: {run_dir}")
+    metrics = evaluate_run(cfg, run_dir, tracker) if cfg.eval.enabled else {}
+    tracker.finish("FINISHED")
+    return metrics

@@ -1,0 +1,134 @@
+"""The evaluation images and the frozen model's per-pixel features on them.
+
+Shape legend: N images, S square side in px, D embedding channels, P pixels (N*S*S).
+
+Every eval image is resized so its short side is `image_size` (bicubic; labels nearest) and
+center-cropped to a square, as PiCIE/STEGO do, so all images stack into one array and every
+pixel of the crop has a label.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vice.data.augment import normalise
+from vice.data.datasets.base import ImageSource
+
+
+def _resize_short_side(
+    img_HW3: np.ndarray, label_HW: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    h, w = label_HW.shape
+    scale = size / min(h, w)
+    # max(size, .) keeps the short side exactly `size` despite rounding of the long side.
+    new_h = size if h <= w else max(size, round(h * scale))
+    new_w = size if w < h else max(size, round(w * scale))
+    if (new_h, new_w) == (h, w):
+        return img_HW3, label_HW
+    img = np.asarray(Image.fromarray(img_HW3).resize((new_w, new_h), Image.BICUBIC))
+    # Mode "I" (int32) holds every label id, IGNORE_INDEX included; NEAREST never invents ids.
+    lab = Image.fromarray(label_HW.astype(np.int32)).resize((new_w, new_h), Image.NEAREST)
+    return img, np.asarray(lab).astype(np.int64)
+
+
+def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
+    h, w = a.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return a[top : top + size, left : left + size]
+
+
+def load_eval_set(
+    source: ImageSource, image_size: int, max_images: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loads the first `max_images` labelled images of `source` as square crops.
+
+    Args:
+        source: A labelled image source (`source.has_labels`).
+        image_size: Side S of the square crops; the short side is resized to it first.
+        max_images: Number of images (the first ones, so every run sees the same set);
+            0 means the whole split.
+
+    Returns:
+        images_NSS3: uint8 RGB crops.
+        labels_NSS: int64 class ids in [0, num_classes) or IGNORE_INDEX.
+    """
+    if not source.has_labels:
+        raise ValueError(
+            f"{type(source).__name__} has no labels: evaluation needs a labelled split"
+        )
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    n = len(source) if max_images <= 0 else min(max_images, len(source))
+    if n == 0:
+        raise ValueError(f"{type(source).__name__} holds no images to evaluate on")
+    images_NSS3 = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
+    labels_NSS = np.empty((n, image_size, image_size), dtype=np.int64)
+    for i in range(n):
+        img, lab = _resize_short_side(source.load_image(i), source.load_label(i), image_size)
+        images_NSS3[i] = _center_crop(img, image_size)
+        labels_NSS[i] = _center_crop(lab, image_size)
+    return images_NSS3, labels_NSS
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    images_NSS3: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    amp: bool = True,
+) -> torch.Tensor:
+    """Per-pixel embeddings of a frozen model, gathered on the CPU.
+
+    Args:
+        model: `model(x_BCHW) -> z_BDHW` at input resolution, for ImageNet-normalised input.
+        images_NSS3: uint8 RGB images.
+        mean, std: Normalisation (the values the model was trained with).
+        batch_size: Images per forward pass.
+        device: Where the model runs (it is moved there).
+        amp: bf16 autocast, used only on CUDA.
+
+    Returns:
+        feats_NDSS: float32 on the CPU, stored channels-last so that the per-pixel matrix
+        `pixels_PD(feats_NDSS)` used by k-means and the linear probe is a view, not a copy.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    use_amp = amp and device.type == "cuda"
+    n, s = images_NSS3.shape[0], images_NSS3.shape[1]
+    feats_NDSS: torch.Tensor | None = None
+    try:
+        for start in range(0, n, batch_size):
+            batch = images_NSS3[start : start + batch_size]
+            x_BCHW = torch.stack([normalise(Image.fromarray(im), mean, std) for im in batch])
+            x_BCHW = x_BCHW.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                z_BDHW = model(x_BCHW)
+            if z_BDHW.shape[-2:] != (s, s):
+                raise ValueError(
+                    f"the model returned {tuple(z_BDHW.shape)} for input {tuple(x_BCHW.shape)}; "
+                    "evaluation needs embeddings at input resolution"
+                )
+            if feats_NDSS is None:
+                feats_NDSS = torch.empty(
+                    (n, z_BDHW.shape[1], s, s), dtype=torch.float32
+                ).contiguous(memory_format=torch.channels_last)
+            feats_NDSS[start : start + batch_size] = z_BDHW.float().cpu()
+    finally:
+        model.train(was_training)
+    assert feats_NDSS is not None  # n >= 1: the loop ran at least once
+    return feats_NDSS
+
+
+def pixels_PD(feats_NDSS: torch.Tensor) -> torch.Tensor:
+    """The features as one row per pixel (image-major, then row, then column).
+
+    A view for channels-last tensors (what `extract_features` returns), a copy otherwise.
+    """
+    n, d, h, w = feats_NDSS.shape
+    return feats_NDSS.permute(0, 2, 3, 1).reshape(n * h * w, d)

@@ -1,0 +1,37 @@
+"""Segmentation networks producing dense unit embeddings, and their prototypes."""
+
+from __future__ import annotations
+
+from vice.config import ModelConfig
+from vice.models.backbones import BACKBONES, DilatedResNet, build_backbone
+from vice.models.decoders import DECODERS, DeepLabV3PlusDecoder, FPNDecoder
+from vice.models.model import DenseEmbeddingModel
+from vice.models.prototypes import Prototypes
+
+__all__ = [
+    "BACKBONES",
+    "DECODERS",
+    "DeepLabV3PlusDecoder",
+    "DenseEmbeddingModel",
+    "DilatedResNet",
+    "FPNDecoder",
+    "Prototypes",
+    "build_backbone",
+    "build_model",
+]
+
+
+def build_model(cfg: ModelConfig) -> DenseEmbeddingModel:
+    """Builds trunk, decoder and prototypes from `cfg` (validated first).
+
+    Parameters are drawn from torch's global RNG (seed it before calling); the trunk is then
+    overwritten by `cfg.weights` when set. channels_last and SyncBatchNorm are the trainer's.
+
+    Raises:
+        ValueError: an invalid config value or an unusable `model.weights` file.
+    """
+    cfg.validate("model")
+    backbone = build_backbone(cfg.backbone, cfg.output_stride, cfg.weights)
+    decoder = DECODERS[cfg.decoder](cfg, backbone.channels)
+    prototypes = Prototypes(cfg.num_prototypes, cfg.embed_dim)
+    return DenseEmbeddingModel(backbone, decoder, prototypes)

@@ -1,0 +1,44 @@
+"""The dense embedding network: dilated ResNet trunk + decoder + prototypes.
+
+Shape legend: B batch, C input channels (3), H/W input height/width, D embed_dim,
+h1 x w1 decoder resolution (layer1, ceil(H/4) x ceil(W/4)).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vice.models.backbones import DilatedResNet
+from vice.models.prototypes import Prototypes
+
+
+class DenseEmbeddingModel(nn.Module):
+    """Per-pixel L2-normalised embeddings at the input resolution, plus the prototypes.
+
+    The prototypes are not used by `forward`; they live here so that one module (and one
+    state dict, one optimizer, one DDP wrapper) holds every trained parameter.
+
+    Args:
+        backbone: trunk returning the layer1..layer4 feature dict.
+        decoder: maps that dict to (B, D, h1, w1).
+        prototypes: the (K, D) prototype matrix.
+    """
+
+    def __init__(self, backbone: DilatedResNet, decoder: nn.Module, prototypes: Prototypes):
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.prototypes = prototypes
+
+    def forward(self, x_BCHW: Tensor) -> Tensor:
+        """Returns z_BDHW: unit-norm (along D) embeddings of every input pixel, float32."""
+        y_BDhw = self.decoder(self.backbone(x_BCHW))
+        # Upsample and normalise in float32 even under bf16 autocast: bf16 keeps 8 mantissa
+        # bits, too few for unit norms that the loss compares across views and prototypes.
+        with torch.autocast(device_type=x_BCHW.device.type, enabled=False):
+            y_BDHW = F.interpolate(
+                y_BDhw.float(), size=x_BCHW.shape[-2:], mode="bilinear", align_corners=False
+            )
+            return F.normalize(y_BDHW, dim=1, eps=1e-12)

@@ -1,0 +1,1 @@
+"""Tensor ops: superpixel pooling, Sinkhorn-Knopp, the embedding queue (no config objects)."""

@@ -1,0 +1,98 @@
+"""SGD with LARC / LARS layer-wise trust ratios, and the per-step learning-rate schedule.
+
+LARC (clip mode, as SwAV/ViCE use it): each parameter's step is scaled by
+min(eta * ||w|| / (||g|| + wd * ||w||) / lr, 1), so no layer moves faster than a trust ratio
+of its weights. LARS (scale mode) multiplies by eta * ||w|| / (||g|| + wd * ||w||) without
+the clip. Biases and norm layers (1-d parameters) are excluded from both and from weight
+decay, as is usual.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vice.config import OptimConfig
+
+
+class LARCSGD(torch.optim.SGD):
+    """SGD whose per-parameter gradient is rescaled by a LARC/LARS trust ratio first."""
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        trust_coefficient: float,
+        clip: bool,
+    ) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=0.0)
+        self.trust_coefficient = trust_coefficient
+        self.clip = clip
+        for group in self.param_groups:
+            group.setdefault("larc_weight_decay", weight_decay)
+            group.setdefault("apply_larc", True)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            wd = group["larc_weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if wd:
+                    p.grad.add_(p, alpha=wd)
+                if not group["apply_larc"]:
+                    continue
+                w_norm = torch.linalg.vector_norm(p)
+                g_norm = torch.linalg.vector_norm(p.grad)
+                ratio = self.trust_coefficient * w_norm / (g_norm + 1e-12)
+                if self.clip:
+                    ratio = torch.clamp(ratio / group["lr"], max=1.0)
+                # Zero weights or gradients (fresh layers, frozen prototypes): plain SGD.
+                ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+                p.grad.mul_(ratio)
+        return super().step(closure)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "larc_weight_decay": weight_decay, "apply_larc": True},
+        {"params": no_decay, "larc_weight_decay": 0.0, "apply_larc": False},
+    ]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name == "sgd":
+        plain = [{"params": g["params"], "weight_decay": g["larc_weight_decay"]} for g in groups]
+        return torch.optim.SGD(plain, lr=cfg.start_lr, momentum=cfg.momentum)
+    return LARCSGD(
+        groups,
+        lr=cfg.start_lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        trust_coefficient=cfg.trust_coefficient,
+        clip=cfg.name == "sgd_larc",
+    )
+
+
+def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Linear warm-up start_lr -> lr over warmup_iters, then cosine lr -> final_lr."""
+    if step < cfg.warmup_iters:
+        return cfg.start_lr + (cfg.lr - cfg.start_lr) * step / cfg.warmup_iters
+    span = max(1, total_steps - cfg.warmup_iters)
+    progress = min(1.0, (step - cfg.warmup_iters) / span)
+    return cfg.final_lr + 0.5 * (cfg.lr - cfg.final_lr) * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
