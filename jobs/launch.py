@@ -33,10 +33,23 @@ def print_summary(metrics: dict, run_dir: Path, tracker) -> None:
         print(f"mlflow ui: {tracker.ui_command()}")
 
 
+def preflight(config) -> None:
+    """Opens every data source the job will use, so a wrong root fails before anything
+    is written or tracked (the error names the path and the expected layout)."""
+    from vice.data.datasets import build_source
+
+    build_source(config.data)
+    if config.eval.enabled:
+        build_source(config.data, split=config.data.eval_split, labels=True)
+        if config.eval.linear:
+            build_source(config.data, split=config.eval.linear_train_split, labels=True)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> str:
     try:
         config = to_config(cfg)
+        preflight(config)
     except ValueError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

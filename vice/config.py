@@ -43,7 +43,7 @@ class SuperpixelConfig:
     region_size: int = 20  # px; fast-slic gets num_components = H*W / region_size**2
     compactness: float = 10.0  # SLIC ruler: higher -> more square, less edge-adherent segments
     iterations: int = 5  # SLIC iterations, as the published code
-    blur: int = 3  # odd box-blur kernel applied before SLIC; 0 or 1 disables it
+    blur: int = 3  # odd k: k x k Gaussian blur (OpenCV's sigma for k) before SLIC; 0/1 = off
     cache_dir: str | None = None  # optional on-disk cache of id maps for file-backed data sets
 
     def validate(self, prefix: str = "data.superpixels") -> None:

@@ -86,3 +86,13 @@ def test_missing_root_names_the_key(tmp_path):
     proc = _launch(tmp_path, "data=coco")
     assert proc.returncode != 0
     assert "data.root" in proc.stderr
+
+
+def test_wrong_data_root_fails_before_anything_is_written(tmp_path):
+    proc = _launch(tmp_path, "data=coco", f"data.root={tmp_path}/nothere")
+    assert proc.returncode == 2
+    assert f"COCO data set at '{tmp_path}/nothere'" in proc.stderr
+    assert "Expected layout" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    run = tmp_path / "run"  # Hydra makes the directory itself; nothing may be in it
+    assert not run.exists() or not any(run.iterdir())

@@ -73,10 +73,8 @@ def shift_hue(img_HW3: np.ndarray, shift: float) -> np.ndarray:
     if offset == 0:
         return img_HW3
     hsv = cv2.cvtColor(img_HW3, cv2.COLOR_RGB2HSV_FULL)
-    lut = np.empty((1, 256, 3), dtype=np.uint8)
-    lut[0, :, 0] = (np.arange(256) + offset) % 256  # hue wraps around
-    lut[0, :, 1] = lut[0, :, 2] = np.arange(256)
-    return cv2.cvtColor(cv2.LUT(hsv, lut), cv2.COLOR_HSV2RGB_FULL)
+    hsv[..., 0] += np.uint8(offset)  # uint8 arithmetic wraps: hue is circular
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
 
 
 def grayscale(img_HW3: np.ndarray) -> np.ndarray:

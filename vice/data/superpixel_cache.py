@@ -22,6 +22,11 @@ import numpy as np
 from vice.config import SuperpixelConfig
 
 
+# Bumped whenever the superpixel computation changes output for the same parameters, so
+# entries written by an older version are never mistaken for current ones.
+ALGORITHM_VERSION = 2
+
+
 class SuperpixelCache:
     """Directory of compressed id maps: `<dir>/<2 hex>/<sha256>.npz`."""
 
@@ -34,7 +39,14 @@ class SuperpixelCache:
         stat = os.stat(path)
         params = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
         blob = json.dumps(
-            [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, list(shape), params],
+            [
+                ALGORITHM_VERSION,
+                str(Path(path).resolve()),
+                stat.st_size,
+                stat.st_mtime_ns,
+                list(shape),
+                params,
+            ],
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()

@@ -38,8 +38,8 @@ def gaussian_blur_uint8(img_HW3: np.ndarray, kernel: int) -> np.ndarray:
     """Gaussian blur (H, W, 3) uint8 with a k x k support and sigma as OpenCV derives it from k
     (0.3 * ((k - 1) / 2 - 1) + 0.8, i.e. 0.8 for k=3), edges replicated.
 
-    The sigma is passed explicitly: with sigma 0 OpenCV would use its hard-coded binomial
-    kernels for k <= 7 ([1/4, 1/2, 1/4] for k=3), a different blur from the formula's Gaussian.
+    The sigma is passed explicitly: with sigma 0 OpenCV would use its hard-coded tables for
+    k <= 9 ([1/4, 1/2, 1/4] for k=3), a different blur from the formula's Gaussian.
     OpenCV's fixed-point uint8 path is deterministic and ~10x faster than a float filter.
     """
     if kernel <= 1:

@@ -47,11 +47,9 @@ def _global_logsumexp_over_rows(
     log_q_NK: torch.Tensor, group: dist.ProcessGroup | None
 ) -> torch.Tensor:
     """log sum_n exp(log_q[n, k]) over the rows of every rank, per prototype -> (K,)."""
-    K = log_q_NK.shape[1]
-    if log_q_NK.shape[0]:
-        max_K = log_q_NK.amax(dim=0)
-    else:  # a rank without rows still joins both collectives
-        max_K = log_q_NK.new_full((K,), float("-inf"))
+    N, K = log_q_NK.shape
+    # A rank without rows still joins both collectives (amax of no rows would raise).
+    max_K = log_q_NK.amax(dim=0) if N else log_q_NK.new_full((K,), float("-inf"))
     _all_reduce(max_K, dist.ReduceOp.MAX, group)
     # Every prototype has a finite global maximum once any rank holds a row.
     sum_K = torch.exp(log_q_NK - max_K).sum(dim=0)
