@@ -7,9 +7,9 @@ classes (Hungarian matching) and over-clustering, on the same eval images:
   (a) trained ViCE  vs  a randomly initialised network  vs  k-means on raw colours
   (b) SLIC superpixels  vs  the regular grid of the same cell size
   (c) regional masking on  vs  off
-  (d) representative-pixel pooling (+ coherence)  vs  mean pooling
+  (d) mean pooling  vs  representative-pixel pooling (+ coherence)
 
-    python bench/claims.py [--steps 240] [--only a,b,c,d] [--out bench_claims]
+    python bench/claims.py [--steps 200] [--only a,b,c,d] [--out bench_claims]
 
 Prints one table of clustering mIoU / accuracy per variant, then one line per claim with
 the measured margin. (a) must hold; the others are reported as measured.
@@ -80,7 +80,7 @@ def eval_with(cfg: Config, out: Path, model=None, features_fn=None) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=240)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--only", default="a,b,c,d")
     p.add_argument("--out", default="bench_claims")
     args = p.parse_args()

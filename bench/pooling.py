@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loop-reps", type=int, default=None, help="timed loop passes (3)")
     parser.add_argument("--quick", action="store_true", help="96 px views, 3 + 1 passes")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines while the loop runs
     size = args.size or (96 if args.quick else 200)
     reps = args.reps or (3 if args.quick else 5)
     loop_reps = args.loop_reps or (1 if args.quick else 3)
@@ -216,17 +217,14 @@ def main(argv: list[str] | None = None) -> None:
         f"regions per image {regions}; {ignored:.1%} of pixels ignored; "
         f"CPU, {torch.get_num_threads()} threads; forward + backward per pass"
     )
-    results = {}
+    speedups = {}
     for mode in ("mean", "representative"):
         check_same(batch, mode)  # also the warm-up pass of both
-        results[mode] = bench_mode(batch, mode, reps, loop_reps)
-
-    print(f"{'pooling':<16} {'method':<6} {'median s':>10} {'best s':>10} {'passes':>7}")
-    speedups = {}
-    for mode, times in results.items():
+        times = bench_mode(batch, mode, reps, loop_reps)
         for name, ts in times.items():
             print(
-                f"{mode:<16} {name:<6} {statistics.median(ts):>10.3f} {min(ts):>10.3f} {len(ts):>7}"
+                f"{mode:<16} {name:<6} median {statistics.median(ts):8.3f} s   "
+                f"best {min(ts):8.3f} s   passes {len(ts)}"
             )
         speedups[mode] = statistics.median(times["loop"]) / statistics.median(times["ours"])
     print(f"mean_speedup_vs_loop={speedups['mean']:.2f}")

@@ -3,6 +3,12 @@
 python jobs/launch.py                          # local, synthetic data (embedded default)
 python jobs/launch.py experiment=smoke         # the 3-minute version used by tests
 python jobs/launch.py data=coco data.root=/data/coco trainer.gpus_per_node=8
+
+With -m every sweep point is submitted to SLURM as a pretrain -> eval job chain by the
+`vice_slurm` launcher (jobs/hydra_plugins/vice_launcher/); this function then never runs:
+python jobs/launch.py -m trainer.nodes=2                       # queue and return
+python jobs/launch.py -m optim.lr=0.1,0.3 launch.wait=true     # a sweep; wait for the jobs
+python jobs/launch.py -m trainer.nodes=2 launch.dry_run=true   # print the sbatch scripts
 """
 
 from __future__ import annotations
@@ -11,12 +17,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# jobs/ on the path also makes jobs/hydra_plugins/ part of the `hydra_plugins` namespace
+# package, where Hydra's plugin scan (at hydra.main time, after this) finds our launcher.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from jobs.preflight import check_data
 from vice.hydra_schema import register, to_config
 
 register()
@@ -33,23 +42,11 @@ def print_summary(metrics: dict, run_dir: Path, tracker) -> None:
         print(f"mlflow ui: {tracker.ui_command()}")
 
 
-def preflight(config) -> None:
-    """Opens every data source the job will use, so a wrong root fails before anything
-    is written or tracked (the error names the path and the expected layout)."""
-    from vice.data.datasets import build_source
-
-    build_source(config.data)
-    if config.eval.enabled:
-        build_source(config.data, split=config.data.eval_split, labels=True)
-        if config.eval.linear:
-            build_source(config.data, split=config.eval.linear_train_split, labels=True)
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> str:
     try:
         config = to_config(cfg)
-        preflight(config)
+        check_data(config)
     except ValueError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

@@ -3,7 +3,7 @@
 
     sudo python3 tools/slurm_cluster.py up --nodes 2          # install, configure, start, wait
     python3 tools/slurm_cluster.py status                     # nodes, queue, daemons (exit 0 = up)
-    sudo python3 tools/slurm_cluster.py down                  # stop the daemons (packages stay)
+    sudo python3 tools/slurm_cluster.py down                  # cancel jobs, stop the daemons
 
 Debian 12 packages (Slurm 22.05), no systemd: every daemon is started directly. Nodes n1..nN are
 separate slurmd processes on this host (distinct ports), so multi-node jobs, `sacct`, requeue and
@@ -13,7 +13,9 @@ preemption behave as on a real cluster. Partitions over the same nodes:
     urgent  PriorityTier=10, PreemptMode=OFF: its jobs preempt (requeue) batch jobs
 
 `up` is idempotent: on a running cluster with the same settings it returns within seconds;
-with other settings it rewrites the configuration and restarts what is needed.
+with other settings it rewrites the configuration and restarts what is needed (jobs on removed
+nodes are cancelled). A preempted batch job gets its --signal (or SIGTERM), is requeued after
+GraceTime (+ up to ~30 s until the scheduler acts) and waits on BeginTime before it restarts.
 Only the Python standard library is used (runs with any python3 >= 3.11).
 """
 
@@ -32,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 PREFIX = "[slurm_cluster]"
@@ -56,6 +58,9 @@ TOOL_RUN = Path("/run/slurm_cluster")
 MUNGE_PID = TOOL_RUN / "munged.pid"
 MARIADB_PID = TOOL_RUN / "mariadbd.pid"
 MARIADB_LOG = LOG_DIR / "mariadb.log"
+# Copy of the slurm.conf the running slurmctld/slurmd were started with: the file in /etc can be
+# newer (an `up` that failed after writing it), and then the daemons must still be restarted.
+RUNNING_CONF = TOOL_RUN / "slurm.conf.running"
 MUNGE_KEY = Path("/etc/munge/munge.key")
 HOSTS = Path("/etc/hosts")
 HOSTS_MARK = "# slurm_cluster.py node names"
@@ -106,6 +111,11 @@ def hostlist(nodes: int) -> str:
     return "n1" if nodes == 1 else f"n[1-{nodes}]"
 
 
+def ctld_state_dir(cluster_name: str) -> Path:
+    """slurmctld's StateSaveLocation for cluster `cluster_name`."""
+    return CTLD_STATE / cluster_name
+
+
 def render_slurm_conf(opts: Options) -> str:
     """slurm.conf for `opts`: one slurmd per node on this host, accounting, preemption."""
     if opts.nodes < 1:
@@ -131,7 +141,9 @@ def render_slurm_conf(opts: Options) -> str:
         # Several nodes share one host: let the configured CPUs/memory win over what slurmd sees.
         "SlurmdParameters=config_overrides",
         "ReturnToService=2",
-        f"StateSaveLocation={CTLD_STATE}",
+        # One state directory per cluster name: slurmctld refuses state saved under another
+        # name, and switching back must not restart job ids at 1 (sacct would mix up jobs).
+        f"StateSaveLocation={ctld_state_dir(opts.cluster_name)}",
         f"SlurmctldPidFile={CTLD_PID}",
         f"SlurmctldLogFile={CTLD_LOG}",
         f"SlurmdSpoolDir={SLURMD_SPOOL}/%n",
@@ -145,6 +157,7 @@ def render_slurm_conf(opts: Options) -> str:
         "MinJobAge=30",
         "Waittime=0",
         "DisableRootJobs=NO",
+        "MailProg=/bin/true",  # no mail on test machines; the default is missing and logs errors
         # Scheduling: react within seconds (defaults are tuned for big clusters).
         "SchedulerType=sched/backfill",
         "SchedulerParameters=bf_interval=1,sched_interval=2,bf_continue",
@@ -154,8 +167,12 @@ def render_slurm_conf(opts: Options) -> str:
         # Preemption: a job of a higher-PriorityTier partition requeues jobs of lower ones.
         "PreemptType=preempt/partition_prio",
         "PreemptMode=REQUEUE",
-        "PreemptParameters=send_user_signal",
         "JobRequeue=1",
+        # At preemption, send the job's own --signal (e.g. submitit's USR2) instead of SIGTERM at
+        # the start of GraceTime. Slurm 22.05 reads this flag from SlurmctldParameters (checked
+        # in its debug log); PreemptParameters=send_user_signal is 23.02+ and 22.05 rejects
+        # the whole file, and as a SchedulerParameters flag 22.05 ignores it.
+        "SlurmctldParameters=preempt_send_user_signal",
         # Accounting through slurmdbd: sacct shows PREEMPTED / REQUEUED / TIMEOUT states.
         "AccountingStorageType=accounting_storage/slurmdbd",
         "AccountingStorageHost=localhost",
@@ -230,7 +247,11 @@ def parse_storage_pass(dbd_text: str) -> str | None:
 
 def log(message: str) -> None:
     """One progress line."""
-    print(f"{PREFIX} {message}", flush=True)
+    try:
+        print(f"{PREFIX} {message}", flush=True)
+    except BrokenPipeError:
+        # The reader went away (`up | head`): finish the work silently, not half-way through.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (kept open until exit)
 
 
 def run(
@@ -333,12 +354,14 @@ def stop_pidfile(pidfile: Path, names: Iterable[str], label: str, timeout: float
     return True
 
 
-def wait_for(predicate, timeout: float, what: str, hint: str) -> None:
-    """Poll `predicate` until true; ClusterError naming `what` and `hint` after `timeout`."""
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, logfile: Path) -> None:
+    """Poll `predicate` until true; after `timeout` a ClusterError with the end of `logfile`."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise ClusterError(f"{what} not ready after {timeout:.0f} s; {hint}")
+            raise ClusterError(
+                f"{what} not ready after {timeout:.0f} s; see {logfile}:\n{tail(logfile)}"
+            )
         time.sleep(0.5)
 
 
@@ -397,12 +420,12 @@ def short_hostname() -> str:
 # ---------------------------------------------------------------- steps of `up`
 
 
-def require_root() -> None:
-    """Exit code 2, before touching anything, when not root."""
+def require_root(argv: Sequence[str]) -> None:
+    """ClusterError with exit code 2, before touching anything, when not root."""
     if os.geteuid() != 0:
         raise ClusterError(
-            "root is needed (it installs packages, writes /etc/slurm and starts daemons); "
-            f"run it as root, e.g.: sudo {sys.executable} {' '.join(sys.argv)}",
+            "root is needed (it installs packages, writes /etc/slurm and /etc/hosts and starts "
+            f"daemons); run it as root, e.g.: sudo python3 {__file__} {' '.join(argv)}",
             code=2,
         )
 
@@ -513,7 +536,7 @@ def ensure_munge() -> None:
     os.chmod(MUNGE_KEY, 0o400)
     log("starting munged")
     start_daemon(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], LOG_DIR / "munged.out")
-    wait_for(munge_works, 20, "munged", "see /var/log/munge/munged.log")
+    wait_for(munge_works, 20, "munged", Path("/var/log/munge/munged.log"))
     TOOL_RUN.mkdir(parents=True, exist_ok=True)
     pid = read_pid(Path("/run/munge/munged.pid"))
     if pid:
@@ -541,7 +564,7 @@ def ensure_mariadb() -> None:
     shutil.chown(MARIADB_LOG, "mysql", "mysql")
     server = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or "/usr/sbin/mysqld"
     proc = subprocess.Popen(
-        [server, "--user=mysql", f"--log-error={MARIADB_LOG}"],
+        [server, "--user=mysql", f"--log-error={MARIADB_LOG}", "--innodb-lock-wait-timeout=900"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -549,7 +572,7 @@ def ensure_mariadb() -> None:
     )
     TOOL_RUN.mkdir(parents=True, exist_ok=True)
     MARIADB_PID.write_text(f"{proc.pid}\n")
-    wait_for(mariadb_alive, 60, "MariaDB", f"see {MARIADB_LOG}:\n{tail(MARIADB_LOG)}")
+    wait_for(mariadb_alive, 60, "MariaDB", MARIADB_LOG)
 
 
 def ensure_database(password: str) -> None:
@@ -572,11 +595,13 @@ def database_password() -> str:
     return existing or secrets.token_hex(16)
 
 
-def slurm_dirs(nodes: int) -> None:
+def slurm_dirs(opts: Options) -> None:
     """Log, state and spool directories with the owners the daemons expect."""
     chown_tree(LOG_DIR, "slurm", 0o755)
     chown_tree(CTLD_STATE, "slurm", 0o755)
-    for name in node_names(nodes):
+    chown_tree(ctld_state_dir(opts.cluster_name), "slurm", 0o755)
+    TOOL_RUN.mkdir(parents=True, exist_ok=True)
+    for name in node_names(opts.nodes):
         (SLURMD_SPOOL / name).mkdir(parents=True, exist_ok=True)
 
 
@@ -592,7 +617,7 @@ def ensure_slurmdbd(restart: bool) -> None:
     if not daemon_alive(DBD_PID, ["slurmdbd"]):
         log("starting slurmdbd")
         start_daemon(["slurmdbd"], LOG_DIR / "slurmdbd.out")
-    wait_for(dbd_ready, 60, "slurmdbd", f"see {DBD_LOG}:\n{tail(DBD_LOG)}")
+    wait_for(dbd_ready, 60, "slurmdbd", DBD_LOG)
 
 
 def ensure_accounting(cluster: str) -> None:
@@ -605,7 +630,8 @@ def ensure_accounting(cluster: str) -> None:
     if not listed("cluster", cluster, "format=cluster"):
         run(["sacctmgr", "-i", "add", "cluster", cluster], timeout=30)
         log(f"accounting: added cluster {cluster}")
-    if not listed("account", ACCOUNT, "format=account"):
+    # Accounts are global but their associations are per cluster: check the association.
+    if not listed("assoc", f"account={ACCOUNT}", f"cluster={cluster}", "format=account"):
         run(
             [
                 *("sacctmgr", "-i", "add", "account", ACCOUNT, f"cluster={cluster}"),
@@ -647,18 +673,30 @@ def ctld_ready() -> bool:
     return run(["scontrol", "ping"], check=False, timeout=20).stdout.count("UP") > 0
 
 
-def clear_state_of_other_cluster(cluster: str) -> None:
-    """slurmctld refuses to start on state saved under another ClusterName: drop that state."""
-    marker = CTLD_STATE / "clustername"
-    if marker.exists() and marker.read_text().strip() != cluster:
-        log(f"state in {CTLD_STATE} belongs to cluster {marker.read_text().strip()}: clearing it")
-        shutil.rmtree(CTLD_STATE)
-        chown_tree(CTLD_STATE, "slurm", 0o755)
+def cancel_jobs_on(removed: Sequence[str], kill_wait: int) -> None:
+    """Cancel the jobs on nodes about to be removed, while slurmctld still knows those nodes.
+
+    Otherwise they end as NODE_FAIL and their processes live on, orphaned, on this host.
+    """
+    if not removed or not daemon_alive(CTLD_PID, ["slurmctld"]) or not ctld_ready():
+        return
+    nodes = ",".join(removed)
+    if not run(["squeue", "-h", "-w", nodes, "-o", "%i"], check=False).stdout.strip():
+        return
+    log(f"cancelling the jobs on removed node(s) {nodes}")
+    run(["scancel", "-w", nodes], check=False)
+    deadline = time.monotonic() + kill_wait + 10
+    while run(["squeue", "-h", "-w", nodes, "-o", "%i"], check=False).stdout.strip():
+        if time.monotonic() > deadline:
+            log(f"warning: jobs still on {nodes}; stopping their slurmd anyway")
+            break
+        time.sleep(1)
 
 
 def ensure_slurm_daemons(opts: Options, restart: bool) -> bool:
     """slurmctld and one slurmd per node; True if anything was (re)started."""
     wanted = node_names(opts.nodes)
+    cancel_jobs_on([n for n in running_slurmd_nodes() if n not in wanted], opts.kill_wait)
     if restart:
         stop_slurmds(running_slurmd_nodes())
         stop_pidfile(CTLD_PID, ["slurmctld"], "slurmctld")
@@ -666,11 +704,10 @@ def ensure_slurm_daemons(opts: Options, restart: bool) -> bool:
         stop_slurmds(n for n in running_slurmd_nodes() if n not in wanted)
     started = False
     if not daemon_alive(CTLD_PID, ["slurmctld"]):
-        clear_state_of_other_cluster(opts.cluster_name)
         log("starting slurmctld")
         start_daemon(["slurmctld"], LOG_DIR / "slurmctld.out")
         started = True
-    wait_for(ctld_ready, 60, "slurmctld", f"see {CTLD_LOG}:\n{tail(CTLD_LOG)}")
+    wait_for(ctld_ready, 60, "slurmctld", CTLD_LOG)
     for name in wanted:
         if not daemon_alive(slurmd_pidfile(name), ["slurmd"]):
             start_daemon(["slurmd", "-N", name], LOG_DIR / f"slurmd-{name}.out")
@@ -701,11 +738,11 @@ def nodes_ok(names: Sequence[str]) -> bool:
 def wait_for_nodes(opts: Options, timeout: float) -> None:
     """Wait until sinfo shows all nodes usable; resume nodes left drained by an older run."""
     names = node_names(opts.nodes)
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
     resumed = False
     while not nodes_ok(names):
         bad = {n: s for n, s in node_states().items() if n in names}
-        if not resumed and time.monotonic() > deadline - timeout + 10:
+        if not resumed and time.monotonic() > start + 10:
             # ReturnToService=2 brings DOWN nodes back, not DRAINED ones (e.g. drained when
             # their slurmd was killed): resume them once.
             stuck = [n for n, s in bad.items() if "drain" in s or s.startswith("down")]
@@ -715,7 +752,7 @@ def wait_for_nodes(opts: Options, timeout: float) -> None:
                     check=False,
                 )
             resumed = True
-        if time.monotonic() > deadline:
+        if time.monotonic() > start + timeout:
             reasons = run(["sinfo", "-R"], check=False).stdout.strip()
             logs = "\n".join(
                 f"  {p}:\n{tail(p, 5)}"
@@ -741,6 +778,10 @@ def smoke_test(opts: Options) -> None:
     seen = sorted(proc.stdout.split(), key=lambda n: int(n[1:]) if n[1:].isdigit() else 0)
     if proc.returncode == 0 and seen == node_names(opts.nodes):
         log(f"srun -N{opts.nodes} python3 ran on {' '.join(seen)}")
+        # Let the nodes leave COMPLETING, so the summary shows them idle.
+        deadline = time.monotonic() + 10
+        while "completing" in node_states().values() and time.monotonic() < deadline:
+            time.sleep(0.3)
         return
     busy = run(["squeue", "-h", "-t", "R"], check=False).stdout.strip()
     if busy:
@@ -752,10 +793,21 @@ def smoke_test(opts: Options) -> None:
     )
 
 
+def running_conf() -> str | None:
+    """The slurm.conf the running Slurm daemons were started with (None: unknown)."""
+    try:
+        return RUNNING_CONF.read_text()
+    except OSError:
+        return None
+
+
 def fast_path(opts: Options) -> bool:
     """Cluster up with exactly these settings: config unchanged, daemons alive, sinfo answers."""
+    conf = render_slurm_conf(opts)
     try:
-        if SLURM_CONF.read_text() != render_slurm_conf(opts) or not SLURMDBD_CONF.exists():
+        if SLURM_CONF.read_text() != conf or running_conf() != conf:
+            return False
+        if not SLURMDBD_CONF.exists():
             return False
         if render_hosts(HOSTS.read_text(), opts.nodes) != HOSTS.read_text():
             return False
@@ -783,8 +835,7 @@ def summary(opts: Options) -> None:
 
 
 def cmd_up(opts: Options, timeout: float) -> int:
-    """Install, configure and start everything; wait for idle nodes."""
-    require_root()
+    """Install, configure and start everything; wait for idle nodes (root checked by main)."""
     t0 = time.monotonic()
     ensure_packages()
     if fast_path(opts):
@@ -792,13 +843,14 @@ def cmd_up(opts: Options, timeout: float) -> int:
         summary(opts)
         return 0
     ensure_slurm_user()
-    slurm_dirs(opts.nodes)
+    slurm_dirs(opts)
     ensure_hosts(opts.nodes)
     ensure_munge()
     ensure_mariadb()
     password = database_password()
     ensure_database(password)
-    conf_changed = write_if_changed(SLURM_CONF, render_slurm_conf(opts), 0o644)
+    conf = render_slurm_conf(opts)
+    conf_changed = write_if_changed(SLURM_CONF, conf, 0o644)
     dbd_changed = write_if_changed(SLURMDBD_CONF, render_slurmdbd_conf(password), 0o600, "slurm")
     if conf_changed:
         log(f"wrote {SLURM_CONF}")
@@ -806,10 +858,11 @@ def cmd_up(opts: Options, timeout: float) -> int:
         log(f"wrote {SLURMDBD_CONF}")
     ensure_slurmdbd(restart=dbd_changed)
     ensure_accounting(opts.cluster_name)
-    restart = conf_changed and daemon_alive(CTLD_PID, ["slurmctld"])
-    if restart:
+    stale = running_conf() != conf
+    if stale and (daemon_alive(CTLD_PID, ["slurmctld"]) or running_slurmd_nodes()):
         log("settings changed: restarting slurmctld and slurmd")
-    started = ensure_slurm_daemons(opts, restart=conf_changed)
+    started = ensure_slurm_daemons(opts, restart=stale)
+    RUNNING_CONF.write_text(conf)
     wait_for_nodes(opts, timeout)
     if started:
         smoke_test(opts)
@@ -818,11 +871,14 @@ def cmd_up(opts: Options, timeout: float) -> int:
     return 0
 
 
-def daemon_table() -> list[tuple[str, Path, list[str]]]:
-    """(label, pid file, program names) of every daemon the tool manages, slurmd first."""
-    slurmds = [
-        (f"slurmd {p.name[7:-4]}", p, ["slurmd"]) for p in sorted(Path("/run").glob("slurmd-*.pid"))
-    ]
+def daemon_table(nodes: Iterable[str] = ()) -> list[tuple[str, Path, list[str]]]:
+    """(label, pid file, program names) of every daemon the tool manages, slurmd first.
+
+    slurmd of `nodes` are listed even without a pid file, so `status` shows them as stopped.
+    """
+    found = {p.name[len("slurmd-") : -len(".pid")] for p in Path("/run").glob("slurmd-*.pid")}
+    names = sorted(found | set(nodes), key=lambda n: (len(n), n))
+    slurmds = [(f"slurmd {n}", slurmd_pidfile(n), ["slurmd"]) for n in names]
     return [
         *slurmds,
         ("slurmctld", CTLD_PID, ["slurmctld"]),
@@ -832,12 +888,34 @@ def daemon_table() -> list[tuple[str, Path, list[str]]]:
     ]
 
 
+def cancel_all_jobs() -> None:
+    """Cancel every job and wait for its processes: they would outlive the daemons otherwise."""
+    if not daemon_alive(CTLD_PID, ["slurmctld"]) or not ctld_ready():
+        return
+    jobs = run(["squeue", "-h", "-o", "%i"], check=False).stdout.split()
+    if not jobs:
+        return
+    log(f"cancelling {len(jobs)} job(s)")
+    run(["scancel", *jobs], check=False)
+    try:
+        opts = parse_settings(SLURM_CONF.read_text())
+    except OSError:
+        opts = None
+    deadline = time.monotonic() + (opts.kill_wait if opts else 30) + 10
+    while run(["squeue", "-h", "-t", "R,CG", "-o", "%i"], check=False).stdout.strip():
+        if time.monotonic() > deadline:
+            log("warning: some jobs are still ending; stopping the daemons anyway")
+            return
+        time.sleep(1)
+
+
 def cmd_down() -> int:
-    """Stop every daemon this tool started (pid files); packages and data stay."""
-    require_root()
+    """Cancel the jobs, stop every daemon this tool started (pid files); packages, data stay."""
+    cancel_all_jobs()
     stopped = [
         label for label, pidfile, names in daemon_table() if stop_pidfile(pidfile, names, label)
     ]
+    RUNNING_CONF.unlink(missing_ok=True)
     log("stopped " + (", ".join(stopped) if stopped else "nothing (no daemon was running)"))
     return 0
 
@@ -852,23 +930,28 @@ def cmd_status() -> int:
     except OSError:
         opts = None
     expected = node_names(opts.nodes) if opts else []
-    alive = {label: daemon_alive(pidfile, names) for label, pidfile, names in daemon_table()}
+    alive = {
+        label: daemon_alive(pidfile, names) for label, pidfile, names in daemon_table(expected)
+    }
     # munged and MariaDB may have been started by someone else: ask them, not a pid file.
     alive["munged"] = alive["munged"] or munge_works()
     alive["mariadb"] = alive["mariadb"] or mariadb_alive()
     for label, running in alive.items():
         log(f"{label:<10} {'running' if running else 'stopped'}")
-    sinfo = run(["sinfo", "-N", "-o", "%N %P %T %c %m"], check=False, timeout=20)
-    print((sinfo.stdout or sinfo.stderr).rstrip())
-    squeue = run(["squeue"], check=False, timeout=20)
-    print((squeue.stdout or squeue.stderr).rstrip())
     up = (
         opts is not None
         and all(alive[k] for k in ("slurmctld", "slurmdbd", "mariadb", "munged"))
         and all(alive.get(f"slurmd {n}", False) for n in expected)
-        and sinfo.returncode == 0
-        and nodes_ok(expected)
     )
+    if alive["slurmctld"]:
+        sinfo = run(["sinfo", "-N", "-o", "%N %P %T %c %m"], check=False, timeout=20)
+        print((sinfo.stdout or sinfo.stderr).rstrip())
+        squeue = run(["squeue"], check=False, timeout=20)
+        print((squeue.stdout or squeue.stderr).rstrip())
+        up = up and sinfo.returncode == 0 and nodes_ok(expected)
+    else:
+        # sinfo would spend ~10 s retrying a controller that is not there.
+        log("no sinfo / squeue: slurmctld is not running")
     if opts is None:
         log(f"{SLURM_CONF} was not written by this tool (run `up`)")
     log("cluster is up" if up else "cluster is NOT up")
@@ -892,6 +975,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.command == "up" and args.nodes < 1:
         p.error("--nodes must be >= 1")
+    # Slurm lower-cases cluster names and slurmdbd builds table names from them.
+    if args.command == "up" and not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", args.cluster_name):
+        p.error("--cluster-name: lower-case letters, digits and _ (at most 40), e.g. vice")
     return args
 
 
@@ -912,8 +998,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = parse_args(argv)
     try:
+        if args.command in ("up", "down"):
+            require_root(argv if argv is not None else sys.argv[1:])  # before anything else
         if args.command == "up":
-            require_root()  # before computing anything else
             return cmd_up(options_from(args), args.timeout)
         if args.command == "down":
             return cmd_down()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 DATASET_NAMES = ("synthetic", "coco", "cityscapes", "folder")
 SUPERPIXEL_METHODS = ("slic", "grid")
@@ -217,7 +217,7 @@ class ModelConfig:
     aspp_rates: list[int] = field(default_factory=lambda: [12, 24, 36])  # at output stride 8
     weights: str | None = None  # local torchvision-format backbone state dict; never downloaded
     channels_last: bool = True  # on CUDA only
-    sync_bn: bool = True  # SyncBatchNorm under DDP on CUDA (gloo has no SyncBN support)
+    sync_bn: bool = True  # batch statistics over all ranks under DDP (CUDA and gloo alike)
 
     def validate(self, prefix: str = "model") -> None:
         if self.backbone not in BACKBONES:
@@ -388,6 +388,77 @@ class FigureConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """SLURM resources of the pretrain and eval jobs (`python jobs/launch.py -m ...`).
+
+    Nodes and processes per node come from trainer.nodes and trainer.gpus_per_node.
+    """
+
+    partition: str | None = None  # None: the cluster's default partition (sinfo's `*`)
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 60  # pretrain job time limit; requeued (max_requeues) when it runs out
+    mem_gb: float | None = None  # per node; None: the cluster's default
+    constraint: str | None = None  # node features, e.g. "a100"
+    cpus_per_task: int | None = None  # per node (one task per node); None: procs x (workers+1)
+    additional: dict[str, Any] = field(default_factory=dict)  # other sbatch options, e.g. mail
+    signal_delay_s: int = 120  # USR2 this long before the time limit: save, requeue
+    max_requeues: int = 3  # time-limit requeues before the job gives up (submitit timeouts)
+    eval_time_min: int = 60  # eval job time limit
+    eval_nodes: int = 1  # the eval runs one process; more nodes only hold resources
+
+    # sbatch options the launcher sets itself (from trainer.*, cluster.* and the chain); set
+    # through `additional` they would silently fight the launcher, so they are refused there.
+    MANAGED_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "job-name", "partition", "time", "nodes", "ntasks-per-node", "ntasks", "gpus-per-node",
+        "cpus-per-task", "mem", "account", "qos", "constraint", "signal", "dependency",
+        "kill-on-invalid-dep", "output", "error", "chdir", "array",
+    )  # fmt: skip
+
+    def validate(self, prefix: str = "cluster") -> None:
+        for name in ("partition", "account", "qos", "constraint"):
+            value = getattr(self, name)
+            if value is not None and (not str(value).strip() or " " in str(value)):
+                raise _fail(f"{prefix}.{name}", value, "a SLURM name without spaces, or null")
+        _check_range(f"{prefix}.time_min", self.time_min, 1)
+        if self.mem_gb is not None:
+            _check_range(f"{prefix}.mem_gb", self.mem_gb, 0.0, lo_open=True)
+        if self.cpus_per_task is not None:
+            _check_range(f"{prefix}.cpus_per_task", self.cpus_per_task, 1)
+        _check_range(f"{prefix}.signal_delay_s", self.signal_delay_s, 0)
+        if self.signal_delay_s >= self.time_min * 60:
+            raise _fail(
+                f"{prefix}.signal_delay_s",
+                self.signal_delay_s,
+                f"must be shorter than the time limit ({prefix}.time_min={self.time_min} min "
+                f"= {self.time_min * 60} s)",
+            )
+        _check_range(f"{prefix}.max_requeues", self.max_requeues, 0)
+        _check_range(f"{prefix}.eval_time_min", self.eval_time_min, 1)
+        _check_range(f"{prefix}.eval_nodes", self.eval_nodes, 1)
+        for key in self.additional:
+            option = str(key).replace("_", "-")
+            if option in self.MANAGED_OPTIONS:
+                raise _fail(
+                    f"{prefix}.additional.{key}",
+                    self.additional[key],
+                    "is set by the launcher; use the matching trainer.* or cluster.* key",
+                )
+
+
+@dataclass
+class LaunchConfig:
+    """How `python jobs/launch.py -m ...` submits (ignored by local runs)."""
+
+    wait: bool = False  # block and print job state changes until every job has ended
+    dry_run: bool = False  # print the sbatch scripts and resources; submit nothing
+
+    def validate(self, prefix: str = "launch") -> None:
+        if self.wait and self.dry_run:
+            raise _fail(f"{prefix}.wait", self.wait, "a dry run submits nothing to wait for")
+
+
+@dataclass
 class Config:
     """The whole job configuration (Hydra's structured schema is this class)."""
 
@@ -399,6 +470,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     figure: FigureConfig = field(default_factory=FigureConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     run_dir: str | None = None  # set by the launcher; everything a run writes goes here
 
     def validate(self) -> Config:
@@ -409,6 +482,8 @@ class Config:
         self.trainer.validate("trainer")
         self.eval.validate("eval")
         self.tracking.validate("tracking")
+        self.cluster.validate("cluster")
+        self.launch.validate("launch")
         for i, index in enumerate(self.figure.indices):
             _check_range(f"figure.indices[{i}]", index, 0)
         if self.eval.enabled and self.data.dataset == "folder":

@@ -20,6 +20,8 @@ from vice.config import TrackingConfig
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
+PARENT_RUN_ID_FILE = "mlflow_parent_run_id"  # in a sweep directory: the run grouping its points
+PARENT_RUN_TAG = "mlflow.parentRunId"  # what MLflow's UI nests child runs by
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
 # Asks the MLflow UI for its training-runs view instead of the GenAI one (cluster.md).
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
@@ -73,10 +75,56 @@ def read_run_id(run_dir: str | Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-class MlflowTracker(Tracker):
-    """Logs to one MLflow run whose id lives in `<run_dir>/mlflow_run_id`."""
+def _experiment_id(client: Any, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1]})
 
-    def __init__(self, cfg: TrackingConfig, run_dir: str | Path, run_name: str | None = None):
+
+def _write_id(path: Path, run_id: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, path)
+
+
+def open_parent_run(
+    cfg: TrackingConfig, sweep_dir: str | Path, run_name: str | None = None
+) -> str | None:
+    """The MLflow run grouping a sweep's runs; created once, its id kept in the sweep dir.
+
+    A second call for the same sweep directory (another batch of the sweep, a resubmission)
+    reopens the same run. Returns None when tracking is disabled.
+    """
+    if not cfg.enabled:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=cfg.uri)
+    path = Path(sweep_dir) / PARENT_RUN_ID_FILE
+    if path.is_file():
+        run_id = path.read_text().strip()
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(_experiment_id(client, cfg.experiment), run_name=run_name)
+    _write_id(path, run.info.run_id)
+    return run.info.run_id
+
+
+class MlflowTracker(Tracker):
+    """Logs to one MLflow run whose id lives in `<run_dir>/mlflow_run_id`.
+
+    `parent_run_id` (a sweep's run, see `open_parent_run`) nests a new run under it; it is
+    passed explicitly and never through MLFLOW_RUN_ID, which child processes would inherit.
+    """
+
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        run_dir: str | Path,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+    ):
         from mlflow.tracking import MlflowClient
 
         self.cfg = cfg
@@ -84,18 +132,14 @@ class MlflowTracker(Tracker):
         self.client = MlflowClient(tracking_uri=cfg.uri)
         self.run_id = read_run_id(self.run_dir)
         if self.run_id is None:
-            exp = self.client.get_experiment_by_name(cfg.experiment)
-            if exp is None:
-                exp_id = self.client.create_experiment(
-                    cfg.experiment, tags={EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1]}
-                )
-            else:
-                exp_id = exp.experiment_id
-            run = self.client.create_run(exp_id, run_name=run_name or cfg.run_name)
+            tags = {PARENT_RUN_TAG: parent_run_id} if parent_run_id else None
+            run = self.client.create_run(
+                _experiment_id(self.client, cfg.experiment),
+                run_name=run_name or cfg.run_name,
+                tags=tags,
+            )
             self.run_id = run.info.run_id
-            tmp = self.run_dir / f".{RUN_ID_FILE}.tmp"
-            tmp.write_text(self.run_id + "\n")
-            os.replace(tmp, self.run_dir / RUN_ID_FILE)
+            _write_id(self.run_dir / RUN_ID_FILE, self.run_id)
         else:
             # Reopen a finished run (a resumed job or the chained eval) as running again.
             self.client.update_run(self.run_id, status="RUNNING")
@@ -146,12 +190,16 @@ class MlflowTracker(Tracker):
 
 
 def build_tracker(
-    cfg: TrackingConfig, run_dir: str | Path, is_main: bool = True, run_name: str | None = None
+    cfg: TrackingConfig,
+    run_dir: str | Path,
+    is_main: bool = True,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Tracker:
     """MLflow on rank 0 when enabled, a no-op tracker everywhere else."""
     if not cfg.enabled or not is_main:
         return Tracker()
-    return MlflowTracker(cfg, run_dir, run_name)
+    return MlflowTracker(cfg, run_dir, run_name, parent_run_id)
 
 
 def default_tags() -> dict[str, str]:

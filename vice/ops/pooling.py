@@ -36,11 +36,11 @@ from torch.autograd.function import once_differentiable
 
 PoolMode = Literal["mean", "representative"]
 
-# Pixels per chunk of the chunked per-pixel loops (prototype scores, coherence distances):
-# keeps each temporary at 16 MiB for D = K = 128 in float32, instead of one full-batch
-# (N, K) or (N, D) tensor. On CPU, blocks this small are also recycled by malloc rather than
-# freshly page-faulted each time, which is most of the cost of a large temporary.
-_CHUNK_PIXELS = 1 << 15
+# Most pixels per chunk of the per-pixel loops (prototype scores, squared differences): the
+# temporaries stay at 32 MiB for D = K = 128 in float32 instead of one (N, K) or (N, D)
+# tensor for the whole batch. A 200x200 view is one chunk, a 400x400 view three. On CPU,
+# blocks this small are also recycled by malloc instead of being page-faulted afresh.
+_CHUNK_PIXELS = 1 << 16
 
 
 def region_index(ids_VBHW: torch.Tensor, num_regions_B: torch.Tensor) -> torch.Tensor:
@@ -148,12 +148,13 @@ def _segment_argmax_sorted(
 
 
 class _RepresentativeCoherence(torch.autograd.Function):
-    """Representative rows and the coherence loss, with a hand-written chunked backward.
+    """Representative rows and the coherence loss, with a hand-written backward.
 
-    Plain autograd would keep several full-size (G, D, P) temporaries alive (the broadcast
+    Plain autograd would keep several full-size (G, D, P) tensors alive (the broadcast
     representatives, their difference to every pixel, the norm's backward, one gradient per
-    path into z). Here the forward keeps only per-pixel distances and the backward recomputes
-    each chunk's differences and writes one gradient tensor.
+    path into z) and sum them. Here the forward keeps exactly one, the differences z_p - r,
+    and the backward scales it in place into the gradient w.r.t. z, so the whole op allocates
+    one tensor of z's size. The backward can therefore run only once per forward.
     """
 
     @staticmethod
@@ -175,35 +176,52 @@ class _RepresentativeCoherence(torch.autograd.Function):
             rep_GDL = z_GDP.gather(2, pick_GDL) * present_GL[:, None, :].to(z_GDP.dtype)
         # Column L is the bucket of ignored pixels (weight 0); its "representative" is 0.
         rep_GDL1 = F.pad(rep_GDL, (0, 1))
+        diff_GDP = torch.empty((G, D, P), dtype=z_GDP.dtype, device=z_GDP.device)
         dist_GP = z_GDP.new_empty(G, P)
-        for g, p0, p1 in _chunks(z_GDP):
-            diff_DP = _differences(z_GDP[g, :, p0:p1], rep_GDL1[g], loc_GP[g, p0:p1])
-            dist_GP[g, p0:p1] = _column_norms(diff_DP)
+        square_X = z_GDP.new_empty(D * min(P, _CHUNK_PIXELS))  # workspace of the squares
+        ones_D = z_GDP.new_ones(D)
+        for g in range(G):
+            # index_select into the output is the fast gather here (advanced indexing and
+            # gather are several times slower on CPU).
+            torch.index_select(rep_GDL1[g], 1, loc_GP[g], out=diff_GDP[g])
+            torch.sub(z_GDP[g], diff_GDP[g], out=diff_GDP[g])
+            for p0, p1 in _chunk_bounds(P):
+                square_DX = square_X[: D * (p1 - p0)].view(D, p1 - p0)
+                torch.mul(diff_GDP[g, :, p0:p1], diff_GDP[g, :, p0:p1], out=square_DX)
+                # Summing over D with a mat-vec product: several times faster on CPU than a
+                # reduction over the leading (strided) dimension.
+                torch.sqrt(ones_D @ square_DX, out=dist_GP[g, p0:p1])
         coherence = (dist_GP * weight_GP).sum()
-        ctx.save_for_backward(z_GDP, index_GL, loc_GP, weight_GP, rep_GDL1, dist_GP)
+        ctx.save_for_backward(index_GL, loc_GP, weight_GP, dist_GP)
+        ctx.diff_GDP = diff_GDP
         ctx.detach_representative = detach_representative
         return rep_GDL, coherence
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_rep_GDL: torch.Tensor, grad_coherence: torch.Tensor):
-        z_GDP, index_GL, loc_GP, weight_GP, rep_GDL1, dist_GP = ctx.saved_tensors
-        G, D, _ = z_GDP.shape
+        index_GL, loc_GP, weight_GP, dist_GP = ctx.saved_tensors
+        grad_z_GDP, ctx.diff_GDP = ctx.diff_GDP, None
+        if grad_z_GDP is None:
+            raise RuntimeError(
+                "representative pooling's backward reuses its saved differences as the "
+                "gradient buffer and cannot run twice (retain_graph) for one forward"
+            )
+        G, D, P = grad_z_GDP.shape
         L = index_GL.shape[1]
         # d||z - r|| / dz = (z - r) / ||z - r||, taken as 0 at the representative itself
         # (distance 0), like vector_norm's own backward.
         scale_GP = torch.where(dist_GP > 0, grad_coherence * weight_GP / dist_GP, 0.0)
-        grad_z_GDP = torch.empty_like(z_GDP, memory_format=torch.contiguous_format)
-        grad_rep_GDL1 = F.pad(grad_rep_GDL, (0, 1))
-        for g, p0, p1 in _chunks(z_GDP):
-            loc_P = loc_GP[g, p0:p1]
-            grad_DP = _differences(z_GDP[g, :, p0:p1], rep_GDL1[g], loc_P)
-            grad_DP *= scale_GP[g, p0:p1]
-            grad_z_GDP[g, :, p0:p1] = grad_DP
-            if not ctx.detach_representative:
-                grad_rep_GDL1[g].index_add_(1, loc_P, grad_DP, alpha=-1.0)
-        if z_GDP.shape[2] == 0:
+        grad_z_GDP.mul_(scale_GP[:, None, :])
+        if P == 0:
             return grad_z_GDP, None, None, None, None
+        grad_rep_GDL1 = F.pad(grad_rep_GDL, (0, 1))
+        if not ctx.detach_representative:
+            # The representative sits on the other side of each of its segment's distances.
+            pulled_GDL1 = torch.zeros_like(grad_rep_GDL1).scatter_add_(
+                2, loc_GP[:, None, :].expand(G, D, P), grad_z_GDP
+            )
+            grad_rep_GDL1 -= pulled_GDL1
         # Each representative is a pixel: its gradient goes back to that pixel.
         present_GL = (index_GL >= 0)[:, None, :].to(grad_rep_GDL1.dtype)
         grad_rep_GDL = grad_rep_GDL1[:, :, :L] * present_GL
@@ -212,25 +230,11 @@ class _RepresentativeCoherence(torch.autograd.Function):
         return grad_z_GDP, None, None, None, None
 
 
-def _chunks(z_GDP: torch.Tensor):
-    """(group, first pixel, end pixel) of chunks of at most _CHUNK_PIXELS pixels."""
-    G, _, P = z_GDP.shape
-    for g in range(G):
-        for p0 in range(0, P, _CHUNK_PIXELS):
-            yield g, p0, min(p0 + _CHUNK_PIXELS, P)
-
-
-def _differences(z_DP: torch.Tensor, rep_DL1: torch.Tensor, loc_P: torch.Tensor) -> torch.Tensor:
-    """diff_DP = z_p - rep_loc(p) in a fresh tensor (index_select: the fast gather here)."""
-    rep_DP = rep_DL1.index_select(1, loc_P)
-    return torch.sub(z_DP, rep_DP, out=rep_DP)
-
-
-def _column_norms(x_DP: torch.Tensor) -> torch.Tensor:
-    """||x[:, p]||_2 per column; summing the squares with a mat-vec product is several times
-    faster on CPU than a reduction over the leading (strided) dimension."""
-    ones_D = x_DP.new_ones(x_DP.shape[0])
-    return (ones_D @ x_DP.square()).sqrt_()
+def _chunk_bounds(P: int):
+    """(first, end) pixel of near-equal chunks of at most _CHUNK_PIXELS pixels."""
+    n = max(1, -(-P // _CHUNK_PIXELS))
+    bounds = [P * i // n for i in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _grouped_representatives(
@@ -305,12 +309,14 @@ def representative_pool(
 def _max_scores(z_GDP: torch.Tensor, prototypes_KD: torch.Tensor) -> torch.Tensor:
     """confidence_GP = max_k <z_p, c_k>, chunked, without autograd."""
     with torch.no_grad():
-        weights_KD = prototypes_KD.detach().to(z_GDP.dtype)
+        weights_DK = prototypes_KD.detach().to(z_GDP.dtype).t()
         confidence_GP = z_GDP.new_empty(z_GDP.shape[0], z_GDP.shape[2])
-        for g, p0, p1 in _chunks(z_GDP):
-            # Pixel-major product (the transposed view costs no copy): BLAS runs it faster
-            # than (K, D) @ (D, P) and the max then reduces contiguous rows.
-            confidence_GP[g, p0:p1] = (z_GDP[g, :, p0:p1].t() @ weights_KD.t()).amax(dim=1)
+        for g in range(z_GDP.shape[0]):
+            for p0, p1 in _chunk_bounds(z_GDP.shape[2]):
+                # Pixel-major product (the transposed view costs no copy): BLAS runs it
+                # faster than (K, D) @ (D, P), and the max then reduces contiguous rows.
+                scores_XK = z_GDP[g, :, p0:p1].t() @ weights_DK
+                torch.amax(scores_XK, dim=1, out=confidence_GP[g, p0:p1])
         return confidence_GP
 
 

@@ -31,6 +31,7 @@ from vice.data.loader import build_pretrain_loader
 from vice.data.pretrain import ViceDataset
 from vice.methods import METHODS
 from vice.models import build_model
+from vice.models.sync_bn import convert_distributed_bn
 from vice.tracking import Tracker, build_tracker, default_tags, flatten
 from vice.train.checkpoint import CheckpointManager
 from vice.train.optim import build_optimizer, learning_rate, set_lr
@@ -137,11 +138,14 @@ def train(
 
     # --- model, method, optimizer
     model = build_model(cfg.model).to(device)
-    if device.type == "cuda":
-        if cfg.model.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if cfg.model.sync_bn and info.world_size > 1:
+    if cfg.model.sync_bn and info.world_size > 1:
+        # NCCL has a fused SyncBN; on gloo our all-reduce version keeps the same semantics.
+        if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            model = convert_distributed_bn(model)
+    if device.type == "cuda" and cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     net: torch.nn.Module = model
     if info.world_size > 1:
         net = DistributedDataParallel(

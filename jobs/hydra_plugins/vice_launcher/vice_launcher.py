@@ -1,0 +1,300 @@
+"""`python jobs/launch.py -m ...`: every sweep point becomes a pretrain -> eval job chain.
+
+Built on hydra-submitit-launcher's SlurmLauncher, with what it lacks (cluster.md): `launch()`
+returns once the jobs are queued (`launch.wait=true` blocks and streams state changes),
+evaluation is chained to pretraining with a SLURM dependency, jobs run a code snapshot, and
+nothing is submitted unless every point passes its checks. The jobs themselves live in
+`jobs/slurm.py`; this module only turns Hydra's sweep into calls to it.
+
+Hydra imports every plugin module on each start, local runs included: imports here are cheap
+and everything else is imported inside the methods.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, filter_overrides
+from hydra.experimental.callback import Callback
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+LAUNCHER_TARGET = "hydra_plugins.vice_launcher.vice_launcher.ViceSlurmLauncher"
+
+NO_SBATCH = """\
+`python jobs/launch.py -m ...` submits SLURM jobs, but `sbatch` is not on the PATH.
+  - a SLURM cluster on this machine: sudo python3 tools/slurm_cluster.py up --nodes 2
+  - or run here without SLURM: python jobs/launch.py <the same overrides, without -m>"""
+
+
+def _exit(lines: Sequence[str], code: int = 2) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _is_ours(config: DictConfig) -> bool:
+    return OmegaConf.select(config, "hydra.launcher._target_") == LAUNCHER_TARGET
+
+
+class SubmitChecks(Callback):
+    """Checks that must run before Hydra's sweeper creates the sweep directory."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _is_ours(config):
+            return  # e.g. hydra/launcher=basic: a local sweep, no SLURM needed
+        if shutil.which("sbatch") is None:
+            _exit([NO_SBATCH])
+        from jobs.preflight import check_output_dir
+
+        try:
+            check_output_dir(str(config.hydra.sweep.dir), "hydra.sweep.dir")
+        except ValueError as err:
+            _exit([f"preflight error: {err}"])
+
+
+class _Point:
+    """One sweep point. (No dataclass: Hydra's plugin scan executes this module without
+    registering it in sys.modules, which dataclasses need.)"""
+
+    def __init__(
+        self,
+        num: int,
+        label: str,  # the point's task overrides, for humans
+        swept: str,  # only the overrides that differ between points: the MLflow run name
+        cfg: Any,  # vice.config.Config
+        run_dir: Path,
+        ret: JobReturn,
+    ) -> None:
+        self.num, self.label, self.swept = num, label, swept
+        self.cfg, self.run_dir, self.ret = cfg, run_dir, ret
+
+
+def _swept_keys(job_overrides: Sequence[Sequence[str]]) -> set[str]:
+    values: dict[str, set[str]] = {}
+    for overrides in job_overrides:
+        for item in filter_overrides(overrides):
+            key, _, value = item.partition("=")
+            values.setdefault(key, set()).add(value)
+    return {k for k, v in values.items() if len(v) > 1}
+
+
+class ViceSlurmLauncher(SlurmLauncher):
+    """Submits each sweep point as a pretrain job plus a dependent eval job."""
+
+    def __init__(self, poll_s: float = 5.0, **params: Any) -> None:
+        super().__init__(**params)
+        self.poll_s = float(poll_s)
+        self._snapshot: Path | None = None
+
+    # ----------------------------------------------------------------- compose and check
+
+    def _compose(self, job_overrides: Sequence[Sequence[str]], first: int) -> list[_Point]:
+        """Every point's typed config and run dir; exits listing all errors if any fails."""
+        from jobs.preflight import check_cluster, check_data, read_sinfo
+        from vice.hydra_schema import to_config
+
+        assert self.config is not None and self.hydra_context is not None
+        swept = _swept_keys(job_overrides)
+        partitions = read_sinfo()
+        points, errors = [], []
+        original = HydraConfig.instance().cfg
+        try:
+            for num, overrides in enumerate(job_overrides, start=first):
+                sweep_config = self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(overrides)
+                )
+                with open_dict(sweep_config.hydra.job):
+                    sweep_config.hydra.job.num = num
+                    sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{num}"
+                HydraConfig.instance().set_config(sweep_config)
+                run_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(
+                    sweep_config.hydra.sweep.subdir
+                )
+                task_cfg = copy.deepcopy(sweep_config)
+                with read_write(task_cfg), open_dict(task_cfg):
+                    del task_cfg["hydra"]
+                task = list(filter_overrides(overrides))
+                label = " ".join(task)
+                where = f"#{num} ({label})" if len(job_overrides) > 1 else ""
+                try:
+                    cfg = to_config(task_cfg)
+                    check_data(cfg)
+                except ValueError as err:
+                    errors.append(f"config error{' in ' + where if where else ''}: {err}")
+                    continue
+                for problem in check_cluster(cfg, partitions):
+                    errors.append(f"preflight error{' in ' + where if where else ''}: {problem}")
+                ret = JobReturn(
+                    overrides=list(overrides),
+                    cfg=task_cfg,
+                    hydra_cfg=copy.deepcopy(HydraConfig.instance().cfg),
+                    working_dir=str(Path.cwd()),
+                    task_name=JobRuntime.instance().get("name"),
+                )
+                swept_label = " ".join(o for o in task if o.partition("=")[0] in swept)
+                points.append(_Point(num, label, swept_label, cfg, run_dir.absolute(), ret))
+        finally:
+            HydraConfig.instance().cfg = original
+        if errors:
+            _exit([*errors, "nothing was submitted"])
+        modes = {(p.cfg.launch.wait, p.cfg.launch.dry_run) for p in points}
+        if len(modes) > 1:
+            _exit(["config error: launch.wait and launch.dry_run must be the same for every point"])
+        return points
+
+    # ----------------------------------------------------------------- launch
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        if shutil.which("sbatch") is None:  # also checked earlier by SubmitChecks
+            _exit([NO_SBATCH])
+        assert self.config is not None
+        points = self._compose(job_overrides, initial_job_idx)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        launch = points[0].cfg.launch
+        if launch.dry_run:
+            self._dry_run(points, sweep_dir)
+        else:
+            self._submit(points, sweep_dir, many=len(job_overrides) > 1 or initial_job_idx > 0)
+        for point in points:
+            point.ret.status = JobStatus.COMPLETED
+        return [p.ret for p in points]
+
+    def _dry_run(self, points: list[_Point], sweep_dir: Path) -> None:
+        from jobs import slurm
+        from jobs.preflight import read_sinfo, resolve_partition
+
+        partitions = read_sinfo()
+        snapshot = sweep_dir / "code"
+        for point in points:
+            cfg = point.cfg
+            res = slurm.plan_resources(cfg, resolve_partition(cfg.cluster.partition, partitions))
+            print(f"#{point.num} {point.label}".rstrip())
+            print(f"  run_dir: {point.run_dir} (dry run: not created)")
+            print(f"  resources: {res.describe()}")
+            stages = [("pretrain", None)]
+            if cfg.eval.enabled:
+                stages.append(("eval", "afterok:<pretrain job id>"))
+            for stage, dependency in stages:
+                params = slurm.sbatch_parameters(
+                    cfg, res, point.run_dir, snapshot, stage, dependency
+                )
+                print(f"  --- {stage} sbatch script ---")
+                print(slurm.render_script(point.run_dir, params))
+        print("dry run: nothing was submitted")
+
+    def _submit(self, points: list[_Point], sweep_dir: Path, many: bool) -> None:
+        from jobs import slurm
+        from jobs.preflight import read_sinfo, resolve_partition
+        from jobs.snapshot import git_state, snapshot_code
+        from vice.tracking import build_tracker, open_parent_run
+
+        if self._snapshot is None:
+            self._snapshot = snapshot_code(sweep_dir / "code")
+        print(f"sweep_dir: {sweep_dir}")
+        print(f"code snapshot: {self._snapshot}")
+        for point in points:
+            slurm.make_paths_absolute(point.cfg, Path.cwd())
+        tracking = points[0].cfg.tracking
+        parent = None
+        if many and tracking.enabled:
+            name = tracking.run_name or f"sweep {sweep_dir.parent.name}/{sweep_dir.name}"
+            parent = open_parent_run(tracking, sweep_dir, name)
+            print(f"mlflow parent run: {parent}")
+        partitions = read_sinfo()
+        git = git_state()
+        chains, trackers = [], {}
+        try:
+            for point in points:
+                cfg = point.cfg
+                res = slurm.plan_resources(
+                    cfg, resolve_partition(cfg.cluster.partition, partitions)
+                )
+                point.run_dir.mkdir(parents=True, exist_ok=True)
+                cfg.run_dir = str(point.run_dir)
+                slurm.write_config(cfg, point.run_dir)
+                tracker = build_tracker(
+                    cfg.tracking,
+                    point.run_dir,
+                    run_name=cfg.tracking.run_name or point.swept or None,
+                    parent_run_id=parent,
+                )
+                trackers[point.num] = tracker
+                tracker.log_artifact(point.run_dir / "config.yaml")
+                chain = slurm.submit_chain(
+                    cfg, res, point.run_dir, self._snapshot, point.num, point.label
+                )
+                chain.mlflow_run_id = tracker.run_id
+                tracker.set_tags(
+                    {
+                        # Not git.*: the trainer sets those from inside the snapshot,
+                        # which is no git checkout.
+                        **{f"snapshot.{k}": v for k, v in git.items()},
+                        "snapshot.path": str(self._snapshot),
+                        "slurm.pretrain_job_id": chain.pretrain_id,
+                        "slurm.eval_job_id": chain.eval_id or "",
+                        "run_dir": str(point.run_dir),
+                    }
+                )
+                slurm.write_job_record(
+                    chain,
+                    {
+                        "sweep_dir": str(sweep_dir),
+                        "snapshot": str(self._snapshot),
+                        "tracking_uri": cfg.tracking.uri,
+                        "mlflow_parent_run_id": parent,
+                        "sbatch": {
+                            "pretrain": slurm.sbatch_parameters(
+                                cfg, res, point.run_dir, self._snapshot, "pretrain"
+                            ),
+                        },
+                    },
+                )
+                chains.append(chain)
+                print(chain.describe(), flush=True)
+        except Exception as err:
+            for num, tracker in trackers.items():
+                if all(c.num != num for c in chains):
+                    tracker.finish("FAILED")
+            queued = ", ".join(f"#{c.num}: {c.pretrain_id}/{c.eval_id}" for c in chains)
+            _exit([f"submission failed: {err}", f"already queued: {queued or 'nothing'}"], code=1)
+        if tracking.enabled:
+            print(f"mlflow ui: mlflow ui --backend-store-uri {tracking.uri}")
+        if not points[0].cfg.launch.wait:
+            print(
+                "queued; follow with: squeue -j "
+                + ",".join(i for c in chains for i in (c.pretrain_id, c.eval_id) if i)
+            )
+            if parent:  # the parent only groups the runs; each child carries its own status
+                self._finish_parent(tracking, parent, "FINISHED")
+            return
+        results = slurm.wait_for(chains, self.poll_s)
+        failed = [num for num, ok in results.items() if not ok]
+        for num in failed:
+            tracker = trackers[num]
+            if tracker.run_id and _run_status(tracking, tracker.run_id) == "RUNNING":
+                tracker.finish("FAILED")
+        if parent:
+            self._finish_parent(tracking, parent, "FAILED" if failed else "FINISHED")
+        if failed:
+            _exit([f"failed sweep points: {', '.join(f'#{n}' for n in failed)}"], code=1)
+
+    @staticmethod
+    def _finish_parent(tracking: Any, run_id: str, status: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking.uri).set_terminated(run_id, status)
+
+
+def _run_status(tracking: Any, run_id: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking.uri).get_run(run_id).info.status

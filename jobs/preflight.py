@@ -1,0 +1,251 @@
+"""Checks that run before anything is written, tracked or submitted.
+
+Every failure is a `ValueError` in the config's style: the key, its value and the fix. Cluster
+checks read `sinfo` once (`read_sinfo`) and work on its parsed form, so they are tested against
+captured text without a cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vice.config import Config
+
+# One line per (node, partition): name | partition (`*` = default) | CPUs | gres | memory MB |
+# partition time limit | partition availability.
+SINFO_FORMAT = "%N|%P|%c|%G|%m|%l|%a"
+SINFO_COMMAND = ("sinfo", "--noheader", "--Node", f"--format={SINFO_FORMAT}")
+
+
+def _message(key: str, value: object, fix: str) -> str:
+    return f"invalid config value {key}={value!r}: {fix}"
+
+
+def _fail(key: str, value: object, fix: str) -> ValueError:
+    return ValueError(_message(key, value, fix))
+
+
+def check_data(config: Config) -> None:
+    """Opens every data source the job will use, so a wrong root fails before anything is
+    written or tracked (the error names the path and the expected layout)."""
+    from vice.data.datasets import build_source
+
+    build_source(config.data)
+    if config.eval.enabled:
+        build_source(config.data, split=config.data.eval_split, labels=True)
+        if config.eval.linear:
+            build_source(config.data, split=config.eval.linear_train_split, labels=True)
+
+
+def check_output_dir(path: str | Path, key: str = "hydra.sweep.dir") -> None:
+    """Raises unless `path` exists as a writable directory or can be created as one.
+
+    Probes by writing a file (root passes every permission check, `os.access` would lie), in
+    the nearest existing ancestor so that a failed check leaves no directory behind.
+    """
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    fix = f"set {key} to a writable directory that every node sees"
+    if not existing.is_dir():
+        raise _fail(key, str(path), f"{existing} is not a directory; {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vice_write_probe_", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise _fail(key, str(path), f"cannot write in {existing} ({err.strerror}); {fix}") from err
+
+
+@dataclass
+class Node:
+    name: str
+    cpus: int
+    gpus: int
+    memory_mb: int
+
+
+@dataclass
+class Partition:
+    name: str
+    default: bool = False
+    state: str = "up"
+    time_limit_min: int | None = None  # None: no limit
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def has_gpus(self) -> bool:
+        return any(n.gpus > 0 for n in self.nodes)
+
+    def capacity(self, node: Node) -> int:
+        """Processes one node can run: its GPUs on a GPU partition, else its CPUs."""
+        return node.gpus if self.has_gpus else node.cpus
+
+
+def parse_gpus(gres: str) -> int:
+    """GPUs in a gres string: 'gpu:8', 'gpu:a100:4(S:0-1)', 'gpu:2,mps:100'; '(null)' -> 0."""
+    gres = re.sub(r"\([^)]*\)", "", gres)  # socket affinity "(S:0-1)" may hold commas
+    total = 0
+    for entry in gres.split(","):
+        parts = entry.strip().split(":")
+        if parts[0] == "gpu" and len(parts) >= 2 and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
+
+
+def parse_time_limit(text: str) -> int | None:
+    """sinfo's %l in minutes: 'infinite' -> None, '1-00:00:00' -> 1440, '30:00' -> 30."""
+    text = text.strip().lower()
+    if text in ("infinite", "unlimited", "n/a", ""):
+        return None
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        days = int(day_text)
+    fields = [int(x) for x in text.split(":")]
+    while len(fields) < 3:  # mm:ss, or a bare number of minutes
+        fields = [0, *fields] if len(fields) == 2 else [0, fields[0], 0]
+    hours, minutes, seconds = fields
+    return days * 1440 + hours * 60 + minutes + math.ceil(seconds / 60)
+
+
+def parse_sinfo(text: str) -> dict[str, Partition]:
+    """Partitions from `sinfo` output in SINFO_FORMAT (one line per node and partition)."""
+    partitions: dict[str, Partition] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, part, cpus, gres, memory, limit, state = (x.strip() for x in line.split("|")[:7])
+        default = part.endswith("*")
+        part = part.rstrip("*")
+        entry = partitions.setdefault(
+            part, Partition(part, default, state, parse_time_limit(limit))
+        )
+        if all(n.name != name for n in entry.nodes):
+            mem = int(memory.rstrip("+")) if memory.rstrip("+").isdigit() else 0
+            entry.nodes.append(Node(name, int(cpus.rstrip("+")), parse_gpus(gres), mem))
+    return partitions
+
+
+def read_sinfo() -> dict[str, Partition]:
+    proc = subprocess.run(SINFO_COMMAND, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(SINFO_COMMAND)} failed: {proc.stderr.strip()}")
+    return parse_sinfo(proc.stdout)
+
+
+def resolve_partition(name: str | None, partitions: dict[str, Partition]) -> Partition:
+    """The partition `cluster.partition` names, or the cluster's default for None."""
+    names = sorted(partitions)
+    default = next((p.name for p in partitions.values() if p.default), None)
+    if name is None:
+        if default is None:
+            raise _fail(
+                "cluster.partition",
+                None,
+                f"the cluster has no default partition; set one of {names}",
+            )
+        return partitions[default]
+    if name not in partitions:
+        hint = f" (or null for the default, {default!r})" if default else ""
+        raise _fail("cluster.partition", name, f"no such partition; set one of {names}{hint}")
+    return partitions[name]
+
+
+def check_cluster(cfg: Config, partitions: dict[str, Partition]) -> list[str]:
+    """Every reason SLURM would refuse the pretrain or eval job, or hold it forever."""
+    try:
+        part = resolve_partition(cfg.cluster.partition, partitions)
+    except ValueError as err:
+        return [str(err)]
+    tr, cl = cfg.trainer, cfg.cluster
+    name, total = repr(part.name), len(part.nodes)
+    errors: list[str] = []
+
+    def fail(key: str, value: object, fix: str) -> None:
+        errors.append(_message(key, value, fix))
+
+    if tr.nodes > total:
+        fail(
+            "trainer.nodes",
+            tr.nodes,
+            f"partition {name} has {total} nodes; set trainer.nodes to at most {total} "
+            "or pick another cluster.partition",
+        )
+    if cl.eval_nodes > total:
+        fail(
+            "cluster.eval_nodes",
+            cl.eval_nodes,
+            f"partition {name} has {total} nodes; set cluster.eval_nodes to at most {total}",
+        )
+    if tr.device == "cuda" and not part.has_gpus:
+        fail(
+            "trainer.device",
+            tr.device,
+            f"partition {name} has no GPUs; use trainer.device=auto (CPU processes) "
+            "or a GPU cluster.partition",
+        )
+    best = max((part.capacity(n) for n in part.nodes), default=0)
+    unit = "GPUs" if part.has_gpus else "CPUs"
+    if tr.gpus_per_node > best:
+        what = "GPUs" if part.has_gpus else "CPUs and no GPUs (one process per CPU at most)"
+        fail(
+            "trainer.gpus_per_node",
+            tr.gpus_per_node,
+            f"the nodes of partition {name} have at most {best} {what}; "
+            f"set trainer.gpus_per_node to at most {best}",
+        )
+    elif tr.nodes <= total:
+        fit = sum(1 for n in part.nodes if part.capacity(n) >= tr.gpus_per_node)
+        if fit < tr.nodes:
+            fail(
+                "trainer.nodes",
+                tr.nodes,
+                f"only {fit} nodes of partition {name} have {tr.gpus_per_node} {unit} "
+                f"(trainer.gpus_per_node); set trainer.nodes to at most {fit} "
+                "or lower trainer.gpus_per_node",
+            )
+    max_cpus = max((n.cpus for n in part.nodes), default=0)
+    if cl.cpus_per_task is not None and cl.cpus_per_task > max_cpus:
+        fail(
+            "cluster.cpus_per_task",
+            cl.cpus_per_task,
+            f"the nodes of partition {name} have {max_cpus} CPUs; "
+            f"set cluster.cpus_per_task to at most {max_cpus} (or null)",
+        )
+    max_mem_gb = max((n.memory_mb for n in part.nodes), default=0) / 1024
+    if cl.mem_gb is not None and max_mem_gb > 0 and cl.mem_gb > max_mem_gb:
+        fail(
+            "cluster.mem_gb",
+            cl.mem_gb,
+            f"the nodes of partition {name} have {max_mem_gb:.1f} GB; "
+            f"set cluster.mem_gb to at most {math.floor(max_mem_gb)} (or null)",
+        )
+    limit = part.time_limit_min
+    for key, minutes in (
+        ("cluster.time_min", cl.time_min),
+        ("cluster.eval_time_min", cl.eval_time_min),
+    ):
+        if limit is not None and minutes > limit:
+            fail(
+                key,
+                minutes,
+                f"partition {name} allows at most {limit} min; set {key} to at most {limit}",
+            )
+    if cl.time_min * 60 < tr.checkpoint_minutes * 60:
+        fail(
+            "cluster.time_min",
+            cl.time_min,
+            f"shorter than one checkpoint interval (trainer.checkpoint_minutes="
+            f"{tr.checkpoint_minutes:g}), the job would end before its first checkpoint; "
+            f"set cluster.time_min to at least {math.ceil(tr.checkpoint_minutes)} "
+            f"or trainer.checkpoint_minutes to at most {cl.time_min}",
+        )
+    return errors

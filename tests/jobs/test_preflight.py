@@ -1,0 +1,189 @@
+"""Pre-flight checks against captured `sinfo` text: exact error texts, no cluster needed."""
+
+import pytest
+
+from jobs.preflight import (
+    check_cluster,
+    check_data,
+    check_output_dir,
+    parse_gpus,
+    parse_sinfo,
+    parse_time_limit,
+    resolve_partition,
+)
+from vice.hydra_schema import to_config
+
+# `sinfo --noheader --Node --format=%N|%P|%c|%G|%m|%l|%a` on tools/slurm_cluster.py's cluster
+LOCAL_SINFO = """\
+n1|batch*|2|(null)|21695|infinite|up
+n1|urgent|2|(null)|21695|infinite|up
+n2|batch*|2|(null)|21695|infinite|up
+n2|urgent|2|(null)|21695|infinite|up
+"""
+# A GPU cluster: heterogeneous nodes, a time-limited partition, no default partition.
+GPU_SINFO = """\
+g1|gpu|64|gpu:a100:8(S:0-1)|512000|2-00:00:00|up
+g2|gpu|64|gpu:a100:8(S:0-1)|512000|2-00:00:00|up
+g3|gpu|32|gpu:v100:4,mps:100|256000|2-00:00:00|up
+c1|short|16|(null)|64000|30:00|up
+"""
+
+
+def cfg(**sections):
+    return to_config(sections)
+
+
+def test_parse_sinfo_local_cluster():
+    parts = parse_sinfo(LOCAL_SINFO)
+    assert sorted(parts) == ["batch", "urgent"]
+    batch = parts["batch"]
+    assert batch.default and not parts["urgent"].default
+    assert [n.name for n in batch.nodes] == ["n1", "n2"]
+    assert [(n.cpus, n.gpus, n.memory_mb) for n in batch.nodes] == [(2, 0, 21695)] * 2
+    assert batch.time_limit_min is None and not batch.has_gpus
+    assert resolve_partition(None, parts).name == "batch"
+
+
+def test_parse_sinfo_gpu_cluster():
+    gpu = parse_sinfo(GPU_SINFO)["gpu"]
+    assert gpu.has_gpus and [n.gpus for n in gpu.nodes] == [8, 8, 4]
+    assert gpu.time_limit_min == 2880
+    assert parse_sinfo(GPU_SINFO)["short"].time_limit_min == 30
+
+
+@pytest.mark.parametrize(
+    ("gres", "gpus"),
+    [("(null)", 0), ("gpu:8", 8), ("gpu:a100:4(S:0-1)", 4), ("gpu:2,mps:100", 2), ("mps:4", 0)],
+)
+def test_parse_gpus(gres, gpus):
+    assert parse_gpus(gres) == gpus
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"),
+    [("infinite", None), ("UNLIMITED", None), ("30:00", 30), ("2:00:00", 120), ("1-00:00:00", 1440),
+     ("1-02:30:30", 1591), ("45", 45)],
+)  # fmt: skip
+def test_parse_time_limit(text, minutes):
+    assert parse_time_limit(text) == minutes
+
+
+def test_valid_config_passes():
+    parts = parse_sinfo(LOCAL_SINFO)
+    assert check_cluster(cfg(trainer={"nodes": 2, "gpus_per_node": 2}), parts) == []
+
+
+def test_unknown_partition():
+    errors = check_cluster(cfg(cluster={"partition": "gpu"}), parse_sinfo(LOCAL_SINFO))
+    assert errors == [
+        "invalid config value cluster.partition='gpu': no such partition; "
+        "set one of ['batch', 'urgent'] (or null for the default, 'batch')"
+    ]
+
+
+def test_no_default_partition():
+    errors = check_cluster(cfg(), parse_sinfo(GPU_SINFO))
+    assert errors == [
+        "invalid config value cluster.partition=None: the cluster has no default partition; "
+        "set one of ['gpu', 'short']"
+    ]
+
+
+def test_too_many_nodes():
+    errors = check_cluster(cfg(trainer={"nodes": 3}), parse_sinfo(LOCAL_SINFO))
+    assert errors == [
+        "invalid config value trainer.nodes=3: partition 'batch' has 2 nodes; "
+        "set trainer.nodes to at most 2 or pick another cluster.partition"
+    ]
+
+
+def test_too_many_processes_per_cpu_node():
+    errors = check_cluster(cfg(trainer={"gpus_per_node": 3}), parse_sinfo(LOCAL_SINFO))
+    assert errors == [
+        "invalid config value trainer.gpus_per_node=3: the nodes of partition 'batch' have at "
+        "most 2 CPUs and no GPUs (one process per CPU at most); "
+        "set trainer.gpus_per_node to at most 2"
+    ]
+
+
+def test_too_many_gpus_and_too_few_big_nodes():
+    parts = parse_sinfo(GPU_SINFO)
+    errors = check_cluster(
+        cfg(trainer={"gpus_per_node": 16}, cluster={"partition": "gpu"}), parts
+    )
+    assert errors == [
+        "invalid config value trainer.gpus_per_node=16: the nodes of partition 'gpu' have at "
+        "most 8 GPUs; set trainer.gpus_per_node to at most 8"
+    ]
+    errors = check_cluster(
+        cfg(trainer={"nodes": 3, "gpus_per_node": 8}, cluster={"partition": "gpu"}), parts
+    )
+    assert errors == [
+        "invalid config value trainer.nodes=3: only 2 nodes of partition 'gpu' have 8 GPUs "
+        "(trainer.gpus_per_node); set trainer.nodes to at most 2 or lower trainer.gpus_per_node"
+    ]
+
+
+def test_cuda_on_cpu_partition():
+    errors = check_cluster(cfg(trainer={"device": "cuda"}), parse_sinfo(LOCAL_SINFO))
+    assert errors == [
+        "invalid config value trainer.device='cuda': partition 'batch' has no GPUs; "
+        "use trainer.device=auto (CPU processes) or a GPU cluster.partition"
+    ]
+
+
+def test_cpus_memory_and_eval_nodes():
+    errors = check_cluster(
+        cfg(cluster={"cpus_per_task": 8, "mem_gb": 64, "eval_nodes": 3}), parse_sinfo(LOCAL_SINFO)
+    )
+    assert errors == [
+        "invalid config value cluster.eval_nodes=3: partition 'batch' has 2 nodes; "
+        "set cluster.eval_nodes to at most 2",
+        "invalid config value cluster.cpus_per_task=8: the nodes of partition 'batch' have 2 "
+        "CPUs; set cluster.cpus_per_task to at most 2 (or null)",
+        "invalid config value cluster.mem_gb=64.0: the nodes of partition 'batch' have 21.2 GB; "
+        "set cluster.mem_gb to at most 21 (or null)",
+    ]
+
+
+def test_time_limit_of_partition():
+    errors = check_cluster(
+        cfg(cluster={"partition": "short", "time_min": 60}, trainer={"checkpoint_minutes": 10}),
+        parse_sinfo(GPU_SINFO),
+    )
+    assert errors == [
+        "invalid config value cluster.time_min=60: partition 'short' allows at most 30 min; "
+        "set cluster.time_min to at most 30",
+        "invalid config value cluster.eval_time_min=60: partition 'short' allows at most 30 "
+        "min; set cluster.eval_time_min to at most 30",
+    ]
+
+
+def test_time_limit_shorter_than_checkpoint_interval():
+    errors = check_cluster(cfg(cluster={"time_min": 10}), parse_sinfo(LOCAL_SINFO))
+    assert errors == [
+        "invalid config value cluster.time_min=10: shorter than one checkpoint interval "
+        "(trainer.checkpoint_minutes=30), the job would end before its first checkpoint; "
+        "set cluster.time_min to at least 30 or trainer.checkpoint_minutes to at most 10"
+    ]
+    ok = cfg(cluster={"time_min": 10}, trainer={"checkpoint_minutes": 10})
+    assert check_cluster(ok, parse_sinfo(LOCAL_SINFO)) == []
+
+
+def test_output_dir(tmp_path):
+    check_output_dir(tmp_path / "new" / "deeper")  # creatable: fine, and not created
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError) as err:
+        check_output_dir(tmp_path / "file" / "sweep")
+    assert str(err.value) == (
+        f"invalid config value hydra.sweep.dir='{tmp_path}/file/sweep': {tmp_path}/file is not "
+        "a directory; set hydra.sweep.dir to a writable directory that every node sees"
+    )
+    with pytest.raises(ValueError, match=r"hydra.sweep.dir='/proc/vice/sweep': cannot write in "):
+        check_output_dir("/proc/vice/sweep")  # even root cannot write there
+
+
+def test_missing_data_root(tmp_path):
+    with pytest.raises(ValueError, match=f"COCO data set at '{tmp_path}/nothere'"):
+        check_data(cfg(data={"dataset": "coco", "root": str(tmp_path / "nothere")}))

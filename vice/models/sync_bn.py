@@ -1,0 +1,77 @@
+"""Batch normalisation synchronised across ranks on any backend (gloo included).
+
+torch.nn.SyncBatchNorm only runs on GPUs. ViCE trains with SyncBN (methods.md section 1), and
+without it a 2-process run normalises each rank's half batch separately and no longer equals
+a 1-process run on the same global batch. This module all-reduces per-channel sums with the
+differentiable `torch.distributed.nn.functional.all_reduce`, so forward statistics and
+backward gradients are those of the global batch.
+
+Shapes: B batch, C channels, H, W spatial.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class DistributedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose batch statistics span every rank of the default process group."""
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        if not (
+            self.training
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
+            return super().forward(x_BCHW)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x_BCHW.shape[1]
+        x = x_BCHW.float()
+        count = torch.tensor([x.numel() / c], device=x.device, dtype=torch.float64)
+        local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))])
+        total = all_reduce(local)  # (2C,), gradients flow back to every rank's inputs
+        n = float(all_reduce(count.clone()).item())
+        mean_C = total[:c] / n
+        var_C = total[c:] / n - mean_C * mean_C  # biased, as BatchNorm normalises with
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (
+                    self.momentum
+                    if self.momentum is not None
+                    else (1.0 / float(self.num_batches_tracked))
+                )
+                unbiased = var_C * (n / max(n - 1, 1))
+                self.running_mean.mul_(1 - m).add_(mean_C.to(self.running_mean.dtype), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        shape = (1, c, 1, 1)
+        y = (x - mean_C.view(shape)) * torch.rsqrt(var_C.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x_BCHW.dtype)
+
+
+def convert_distributed_bn(module: nn.Module) -> nn.Module:
+    """Replaces every BatchNorm2d (in place, keeping parameters and buffers)."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            new = DistributedBatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
+            new.load_state_dict(child.state_dict())
+            new.to(next(child.parameters(), child.running_mean).device)
+            setattr(module, name, new)
+        else:
+            convert_distributed_bn(child)
+    return module
+
+
+__all__ = ["DistributedBatchNorm2d", "convert_distributed_bn"]
