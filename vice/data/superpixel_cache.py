@@ -21,7 +21,6 @@ import numpy as np
 
 from vice.config import SuperpixelConfig
 
-
 # Bumped whenever the superpixel computation changes output for the same parameters, so
 # entries written by an older version are never mistaken for current ones.
 ALGORITHM_VERSION = 2
