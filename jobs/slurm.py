@@ -161,6 +161,9 @@ class PretrainTask:
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
         child_env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // self.nproc_per_node)))
         child_env["PYTHONUNBUFFERED"] = "1"
+        # torchrun's agent then logs (to the .err log, timestamped) when the rendezvous
+        # completed and which global ranks this node got: what one needs when a job hangs.
+        child_env.setdefault("LOGLEVEL", "INFO")
         log(f"torchrun: {shlex.join(command)}")
         code = _wait_child(subprocess.Popen(command, env=child_env))
         log(f"torchrun exited with code {code}")
@@ -405,6 +408,7 @@ class Chain:
     eval_id: str | None = None
     mlflow_run_id: str | None = None
     logs: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    sbatch: dict[str, dict[str, Any]] = field(default_factory=dict)  # parameters per stage
 
     def describe(self) -> str:
         lines = [
@@ -444,14 +448,20 @@ def submit_chain(
         job = make_executor(run_dir, pre_params, cfg.cluster.max_requeues).submit(task)
         chain = Chain(num, label, str(run_dir), res, job.job_id)
         chain.logs["pretrain"] = log_paths(run_dir, job.job_id, res.nodes)
+        chain.sbatch["pretrain"] = pre_params
         if cfg.eval.enabled:
             eval_params = sbatch_parameters(
                 cfg, res, run_dir, snapshot, "eval", dependency=f"afterok:{job.job_id}"
             )
             executor = make_executor(run_dir, eval_params, cfg.cluster.max_requeues)
-            eval_job = executor.submit(EvalTask(str(run_dir)))
+            try:
+                eval_job = executor.submit(EvalTask(str(run_dir)))
+            except Exception:
+                job.cancel(check=False)  # a chain is queued whole or not at all
+                raise
             chain.eval_id = eval_job.job_id
             chain.logs["eval"] = log_paths(run_dir, eval_job.job_id, 1)
+            chain.sbatch["eval"] = eval_params
     return chain
 
 
@@ -468,6 +478,8 @@ def write_job_record(chain: Chain, extra: dict[str, Any]) -> Path:
         "nodes": chain.resources.nodes,
         "resources": asdict(chain.resources),
         "mlflow_run_id": chain.mlflow_run_id,
+        # submitit SlurmExecutor parameters: what a resubmission asks SLURM for again
+        "sbatch": chain.sbatch,
         "pretrain": {"job_id": chain.pretrain_id, "logs": chain.logs.get("pretrain", [])},
         "eval": None,
         **extra,
@@ -595,7 +607,7 @@ def wait_for(
     seen: dict[str, str] = {}
     final: dict[str, JobState] = {}
     stuck_since: dict[str, float] = {}
-    while len(final) < len(jobs):
+    while any(job_id not in final for _, _, job_id in jobs):
         states = query([job_id for _, _, job_id in jobs if job_id not in final])
         for chain, stage, job_id in jobs:
             if job_id in final or job_id not in states:
@@ -613,7 +625,7 @@ def wait_for(
                 first = stuck_since.setdefault(job_id, time.monotonic())
                 if time.monotonic() - first > 60:
                     _run(["scancel", job_id])
-        if len(final) < len(jobs):
+        if any(job_id not in final for _, _, job_id in jobs):
             time.sleep(poll_s)
     results = {}
     for chain in chains:

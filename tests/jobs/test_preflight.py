@@ -108,9 +108,7 @@ def test_too_many_processes_per_cpu_node():
 
 def test_too_many_gpus_and_too_few_big_nodes():
     parts = parse_sinfo(GPU_SINFO)
-    errors = check_cluster(
-        cfg(trainer={"gpus_per_node": 16}, cluster={"partition": "gpu"}), parts
-    )
+    errors = check_cluster(cfg(trainer={"gpus_per_node": 16}, cluster={"partition": "gpu"}), parts)
     assert errors == [
         "invalid config value trainer.gpus_per_node=16: the nodes of partition 'gpu' have at "
         "most 8 GPUs; set trainer.gpus_per_node to at most 8"

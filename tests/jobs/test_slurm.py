@@ -16,7 +16,9 @@ from vice.hydra_schema import to_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_SINFO = "n1|batch*|2|(null)|21695|infinite|up\nn2|batch*|2|(null)|21695|infinite|up\n"
-GPU_SINFO = "g1|gpu*|64|gpu:a100:8|512000|2-00:00:00|up\ng2|gpu*|64|gpu:a100:8|512000|2-00:00:00|up\n"
+GPU_SINFO = (
+    "g1|gpu*|64|gpu:a100:8|512000|2-00:00:00|up\ng2|gpu*|64|gpu:a100:8|512000|2-00:00:00|up\n"
+)
 
 
 def _scripts(tmp_path, sinfo=CPU_SINFO, **sections):
@@ -138,7 +140,8 @@ def test_write_config_round_trips(tmp_path):
 
 def _chain(tmp_path, num=0, eval_id="11"):
     res = slurm.plan_resources(to_config({}), parse_sinfo(CPU_SINFO)["batch"])
-    chain = slurm.Chain(num, f"optim.lr=0.{num + 1}", str(tmp_path), res, f"1{num}", eval_id)
+    label, pretrain_id = f"optim.lr=0.{num + 1}", str(10 + 10 * num)
+    chain = slurm.Chain(num, label, str(tmp_path), res, pretrain_id, eval_id)
     chain.logs["pretrain"] = slurm.log_paths(tmp_path, chain.pretrain_id, 1)
     return chain
 
@@ -221,7 +224,8 @@ def _launch(tmp_path, *args, env=None):
 def test_hydra_discovers_the_plugin(tmp_path):
     proc = _launch(tmp_path, "--info", "plugins")
     assert proc.returncode == 0, proc.stderr
-    assert "hydra_plugins.vice_launcher.vice_launcher.ViceSlurmLauncher" in proc.stdout
+    assert "\t\tViceSlurmLauncher\n" in proc.stdout  # the Launcher section
+    assert "hydra_plugins.vice_launcher.vice_launcher " in proc.stdout  # the scanned modules
 
 
 def test_without_sbatch_multirun_says_how_to_get_a_cluster(tmp_path):
@@ -234,26 +238,107 @@ def test_without_sbatch_multirun_says_how_to_get_a_cluster(tmp_path):
     assert not (tmp_path / "sweep").exists()  # checked before Hydra creates the sweep dir
 
 
+PREFIX = "invalid config value "
+
+
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"cluster": {"time_min": 0}}, "invalid config value cluster.time_min=0: must be in [1, inf]"),
-        ({"cluster": {"eval_nodes": 0}}, "invalid config value cluster.eval_nodes=0: must be in [1, inf]"),
-        ({"cluster": {"max_requeues": -1}}, "invalid config value cluster.max_requeues=-1: must be in [0, inf]"),
-        ({"cluster": {"mem_gb": 0}}, "invalid config value cluster.mem_gb=0.0: must be in (0.0, inf]"),
+        ({"cluster": {"time_min": 0}}, "cluster.time_min=0: must be in [1, inf]"),
+        ({"cluster": {"eval_nodes": 0}}, "cluster.eval_nodes=0: must be in [1, inf]"),
+        ({"cluster": {"max_requeues": -1}}, "cluster.max_requeues=-1: must be in [0, inf]"),
+        ({"cluster": {"mem_gb": 0}}, "cluster.mem_gb=0.0: must be in (0.0, inf]"),
         ({"cluster": {"partition": "a b"}},
-         "invalid config value cluster.partition='a b': a SLURM name without spaces, or null"),
+         "cluster.partition='a b': a SLURM name without spaces, or null"),
         ({"cluster": {"time_min": 2, "signal_delay_s": 120}},
-         "invalid config value cluster.signal_delay_s=120: must be shorter than the time limit "
+         "cluster.signal_delay_s=120: must be shorter than the time limit "
          "(cluster.time_min=2 min = 120 s)"),
         ({"cluster": {"additional": {"nodes": 4}}},
-         "invalid config value cluster.additional.nodes=4: is set by the launcher; "
+         "cluster.additional.nodes=4: is set by the launcher; "
          "use the matching trainer.* or cluster.* key"),
         ({"launch": {"wait": True, "dry_run": True}},
-         "invalid config value launch.wait=True: a dry run submits nothing to wait for"),
+         "launch.wait=True: a dry run submits nothing to wait for"),
     ],
 )  # fmt: skip
 def test_cluster_config_validation(section, message):
     with pytest.raises(ValueError) as err:
         to_config(section)
-    assert str(err.value) == message
+    assert str(err.value) == PREFIX + message
+
+
+@pytest.fixture
+def fake_cluster(tmp_path):
+    """sinfo printing CPU_SINFO, and an sbatch that only records that it was called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text(f"#!/bin/sh\nprintf '%s' '{CPU_SINFO}'\n")
+    for name in ("sbatch", "srun", "squeue", "sacct", "scancel"):
+        (bin_dir / name).write_text(f"#!/bin/sh\necho called >> {tmp_path}/{name}.called\nexit 1\n")
+    for path in bin_dir.iterdir():
+        path.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_dry_run_of_a_sweep_through_hydra(tmp_path, fake_cluster):
+    proc = _launch(
+        tmp_path, "-m", "experiment=smoke", "optim.lr=0.1,0.3", "trainer.nodes=2",
+        "launch.dry_run=true", f"hydra.sweep.dir={tmp_path}/sweep", env=fake_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.count("--- pretrain sbatch script ---") == 2
+    assert out.count("--- eval sbatch script ---") == 2
+    assert out.count("#SBATCH --nodes=2\n") == 2 and out.count("#SBATCH --nodes=1\n") == 2
+    assert f"run_dir: {tmp_path}/sweep/1 (dry run: not created)" in out
+    assert out.rstrip().endswith("dry run: nothing was submitted")
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["multirun.yaml"]
+    assert not (tmp_path / "sbatch.called").exists()
+
+
+def test_preflight_error_through_hydra_submits_nothing(tmp_path, fake_cluster):
+    proc = _launch(
+        tmp_path, "-m", "experiment=smoke", "trainer.nodes=1,3",
+        f"hydra.sweep.dir={tmp_path}/sweep", env=fake_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        "preflight error in #1 (experiment=smoke trainer.nodes=3): invalid config value "
+        "trainer.nodes=3: partition 'batch' has 2 nodes; set trainer.nodes to at most 2 or "
+        "pick another cluster.partition",
+        "nothing was submitted",
+    ]
+    assert not (tmp_path / "sbatch.called").exists()
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["multirun.yaml"]
+
+
+def test_unwritable_sweep_dir_is_refused_before_hydra_creates_it(tmp_path, fake_cluster):
+    (tmp_path / "afile").write_text("")
+    proc = _launch(
+        tmp_path, "-m", "experiment=smoke", f"hydra.sweep.dir={tmp_path}/afile/sweep",
+        env=fake_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        f"preflight error: invalid config value hydra.sweep.dir='{tmp_path}/afile/sweep': "
+        f"{tmp_path}/afile is not a directory; set hydra.sweep.dir to a writable directory "
+        "that every node sees"
+    )
+
+
+def test_parent_run_groups_children(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from vice.config import TrackingConfig
+    from vice.tracking import PARENT_RUN_ID_FILE, build_tracker, open_parent_run
+
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db")
+    parent = open_parent_run(cfg, tmp_path, "sweep")
+    assert (tmp_path / PARENT_RUN_ID_FILE).read_text().strip() == parent
+    assert open_parent_run(cfg, tmp_path) == parent  # another batch of the same sweep
+    (tmp_path / "0").mkdir()
+    child = build_tracker(cfg, tmp_path / "0", run_name="optim.lr=0.1", parent_run_id=parent)
+    run = MlflowClient(cfg.uri).get_run(child.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.info.run_name == "optim.lr=0.1"
+    assert "MLFLOW_RUN_ID" not in os.environ
+    assert open_parent_run(TrackingConfig(enabled=False), tmp_path / "x") is None

@@ -64,8 +64,9 @@ def test_project_snapshot_imports_ahead_of_the_editable_install(tmp_path):
     assert not (dest / "jobs" / "hydra_plugins" / "__init__.py").exists()  # namespace package
     # What the sbatch setup lines do: PYTHONPATH=<snapshot>, working directory elsewhere.
     env = {**os.environ, "PYTHONPATH": str(dest)}
+    code = "import vice, jobs.slurm; print(vice.__file__, jobs.slurm.__file__)"
     out = subprocess.run(
-        [sys.executable, "-c", "import vice, jobs.slurm; print(vice.__file__, jobs.slurm.__file__)"],
+        [sys.executable, "-c", code],
         env=env,
         cwd=tmp_path,
         capture_output=True,

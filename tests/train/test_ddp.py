@@ -81,4 +81,3 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     # ~1e-4 relative after one step. Over several steps SwAV's sharp targets (Sinkhorn at
     # epsilon 0.05, softmax at T 0.1) amplify that rounding, so longer runs drift apart.
     assert worst < 1e-3, (worst_key, worst)
-

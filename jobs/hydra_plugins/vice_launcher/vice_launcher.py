@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,9 @@ NO_SBATCH = """\
 `python jobs/launch.py -m ...` submits SLURM jobs, but `sbatch` is not on the PATH.
   - a SLURM cluster on this machine: sudo python3 tools/slurm_cluster.py up --nodes 2
   - or run here without SLURM: python jobs/launch.py <the same overrides, without -m>"""
+
+
+SINFO_HINT = "is the cluster up? (python3 tools/slurm_cluster.py status)"
 
 
 def _exit(lines: Sequence[str], code: int = 2) -> None:
@@ -92,6 +96,7 @@ class ViceSlurmLauncher(SlurmLauncher):
         super().__init__(**params)
         self.poll_s = float(poll_s)
         self._snapshot: Path | None = None
+        self._partitions: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- compose and check
 
@@ -102,7 +107,10 @@ class ViceSlurmLauncher(SlurmLauncher):
 
         assert self.config is not None and self.hydra_context is not None
         swept = _swept_keys(job_overrides)
-        partitions = read_sinfo()
+        try:
+            self._partitions = partitions = read_sinfo()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            _exit([f"cannot read the cluster's partitions: {err}", SINFO_HINT])
         points, errors = [], []
         original = HydraConfig.instance().cfg
         try:
@@ -170,9 +178,9 @@ class ViceSlurmLauncher(SlurmLauncher):
 
     def _dry_run(self, points: list[_Point], sweep_dir: Path) -> None:
         from jobs import slurm
-        from jobs.preflight import read_sinfo, resolve_partition
+        from jobs.preflight import resolve_partition
 
-        partitions = read_sinfo()
+        partitions = self._partitions
         snapshot = sweep_dir / "code"
         for point in points:
             cfg = point.cfg
@@ -193,9 +201,8 @@ class ViceSlurmLauncher(SlurmLauncher):
 
     def _submit(self, points: list[_Point], sweep_dir: Path, many: bool) -> None:
         from jobs import slurm
-        from jobs.preflight import read_sinfo, resolve_partition
-        from jobs.snapshot import git_state, snapshot_code
-        from vice.tracking import build_tracker, open_parent_run
+        from jobs.snapshot import snapshot_code
+        from vice.tracking import open_parent_run
 
         if self._snapshot is None:
             self._snapshot = snapshot_code(sweep_dir / "code")
@@ -209,83 +216,85 @@ class ViceSlurmLauncher(SlurmLauncher):
             name = tracking.run_name or f"sweep {sweep_dir.parent.name}/{sweep_dir.name}"
             parent = open_parent_run(tracking, sweep_dir, name)
             print(f"mlflow parent run: {parent}")
-        partitions = read_sinfo()
-        git = git_state()
         chains, trackers = [], {}
-        try:
-            for point in points:
-                cfg = point.cfg
-                res = slurm.plan_resources(
-                    cfg, resolve_partition(cfg.cluster.partition, partitions)
-                )
-                point.run_dir.mkdir(parents=True, exist_ok=True)
-                cfg.run_dir = str(point.run_dir)
-                slurm.write_config(cfg, point.run_dir)
-                tracker = build_tracker(
-                    cfg.tracking,
-                    point.run_dir,
-                    run_name=cfg.tracking.run_name or point.swept or None,
-                    parent_run_id=parent,
-                )
-                trackers[point.num] = tracker
-                tracker.log_artifact(point.run_dir / "config.yaml")
-                chain = slurm.submit_chain(
-                    cfg, res, point.run_dir, self._snapshot, point.num, point.label
-                )
-                chain.mlflow_run_id = tracker.run_id
-                tracker.set_tags(
-                    {
-                        # Not git.*: the trainer sets those from inside the snapshot,
-                        # which is no git checkout.
-                        **{f"snapshot.{k}": v for k, v in git.items()},
-                        "snapshot.path": str(self._snapshot),
-                        "slurm.pretrain_job_id": chain.pretrain_id,
-                        "slurm.eval_job_id": chain.eval_id or "",
-                        "run_dir": str(point.run_dir),
-                    }
-                )
-                slurm.write_job_record(
-                    chain,
-                    {
-                        "sweep_dir": str(sweep_dir),
-                        "snapshot": str(self._snapshot),
-                        "tracking_uri": cfg.tracking.uri,
-                        "mlflow_parent_run_id": parent,
-                        "sbatch": {
-                            "pretrain": slurm.sbatch_parameters(
-                                cfg, res, point.run_dir, self._snapshot, "pretrain"
-                            ),
-                        },
-                    },
-                )
-                chains.append(chain)
-                print(chain.describe(), flush=True)
-        except Exception as err:
-            for num, tracker in trackers.items():
-                if all(c.num != num for c in chains):
-                    tracker.finish("FAILED")
-            queued = ", ".join(f"#{c.num}: {c.pretrain_id}/{c.eval_id}" for c in chains)
-            _exit([f"submission failed: {err}", f"already queued: {queued or 'nothing'}"], code=1)
+        for point in points:
+            try:
+                chain = self._submit_point(point, sweep_dir, parent, trackers)
+            except Exception as err:
+                if point.num in trackers:
+                    trackers[point.num].finish("FAILED")
+                queued = ", ".join(f"#{c.num}: {c.pretrain_id}/{c.eval_id}" for c in chains)
+                _exit([f"submission of #{point.num} failed: {err}",
+                       f"already queued: {queued or 'nothing'}"], code=1)  # fmt: skip
+            chains.append(chain)
+            print(chain.describe(), flush=True)
         if tracking.enabled:
             print(f"mlflow ui: mlflow ui --backend-store-uri {tracking.uri}")
         if not points[0].cfg.launch.wait:
-            print(
-                "queued; follow with: squeue -j "
-                + ",".join(i for c in chains for i in (c.pretrain_id, c.eval_id) if i)
-            )
+            ids = ",".join(i for c in chains for i in (c.pretrain_id, c.eval_id) if i)
+            print(f"queued; follow with: squeue -j {ids}")
             if parent:  # the parent only groups the runs; each child carries its own status
                 self._finish_parent(tracking, parent, "FINISHED")
             return
-        results = slurm.wait_for(chains, self.poll_s)
+        try:
+            results = slurm.wait_for(chains, self.poll_s)
+        except KeyboardInterrupt:
+            _exit(["stopped waiting; the jobs go on (squeue, scancel <job id>)"], code=130)
         failed = [num for num, ok in results.items() if not ok]
-        for num in failed:
-            tracker = trackers[num]
-            if tracker.run_id and _run_status(tracking, tracker.run_id) == "RUNNING":
-                tracker.finish("FAILED")
+        for num in failed:  # a job SLURM killed could not say so itself
+            run_id = trackers[num].run_id
+            if run_id and _run_status(tracking, run_id) == "RUNNING":
+                trackers[num].finish("FAILED")
         if parent:
             self._finish_parent(tracking, parent, "FAILED" if failed else "FINISHED")
         if failed:
             _exit([f"failed sweep points: {', '.join(f'#{n}' for n in failed)}"], code=1)
+
+    def _submit_point(
+        self, point: _Point, sweep_dir: Path, parent: str | None, trackers: dict[int, Any]
+    ) -> Any:
+        """Run dir, config, MLflow run, the two jobs and jobs.json of one point."""
+        from jobs import slurm
+        from jobs.preflight import resolve_partition
+        from jobs.snapshot import git_state
+        from vice.tracking import build_tracker
+
+        assert self._snapshot is not None
+        cfg = point.cfg
+        res = slurm.plan_resources(cfg, resolve_partition(cfg.cluster.partition, self._partitions))
+        point.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.run_dir = str(point.run_dir)
+        slurm.write_config(cfg, point.run_dir)
+        tracker = build_tracker(
+            cfg.tracking,
+            point.run_dir,
+            run_name=cfg.tracking.run_name or point.swept or None,
+            parent_run_id=parent,
+        )
+        trackers[point.num] = tracker
+        tracker.log_artifact(point.run_dir / "config.yaml")
+        chain = slurm.submit_chain(cfg, res, point.run_dir, self._snapshot, point.num, point.label)
+        chain.mlflow_run_id = tracker.run_id
+        tracker.set_tags(
+            {
+                # Not git.*: the trainer sets those from inside the snapshot, no git checkout.
+                **{f"snapshot.{k}": v for k, v in git_state().items()},
+                "snapshot.path": str(self._snapshot),
+                "slurm.pretrain_job_id": chain.pretrain_id,
+                "slurm.eval_job_id": chain.eval_id or "",
+                "run_dir": str(point.run_dir),
+            }
+        )
+        slurm.write_job_record(
+            chain,
+            {
+                "sweep_dir": str(sweep_dir),
+                "snapshot": str(self._snapshot),
+                "tracking_uri": cfg.tracking.uri,
+                "mlflow_parent_run_id": parent,
+            },
+        )
+        return chain
 
     @staticmethod
     def _finish_parent(tracking: Any, run_id: str, status: str) -> None:
