@@ -15,18 +15,28 @@ code (robin-karlsson0/vice, vissl/losses/dense_swav_loss.py): per-pixel scores o
 from the head (with gradient), then Python loops over views, images and region ids, each
 region cut out with a boolean mask (``emb[:, ids == r]``), reduced and stacked. The baseline
 uses the same Sinkhorn and cross-entropy, so the ratio measures the pooling. Before timing,
-the two losses must agree (allclose) and so must their gradients.
+the two losses must agree (allclose) and so must their gradients (w.r.t. z after projecting
+out the component along z: ours scores the normalised representative, the published code the
+raw pixel, which differ only there, and the network's output normalisation removes it). The
+loop is the conservative anchor: the published code's own per-region ops (``masked_select``
+with a broadcast (n, 1) mask on a transposed view) took 5-8x longer, forward + backward, for
+one (view, image) of this size in a side measurement.
 
 Inputs: 5 views x 4 images of 200x200 px (the published views are 400x400; 200 keeps the loop
-baseline to minutes), D = 128, K = 128, unit-norm random embeddings and prototypes, Voronoi
-superpixels seen through 5 shifted, scaled crops, ~150-300 regions common to all views per
-image, a masked box of ignored (-1) pixels per view. Everything runs on the CPU with torch's
-default threads. Each method is warmed up once; passes of the two are interleaved so that
-background load hits both alike; the table shows the median pass (and the best). The last
-two lines are ``mean_speedup_vs_loop=<x>`` and ``speedup_vs_loop=<x>`` (representative
-pooling, the published DeepLab configuration), loop median time / ours median time.
+baseline to about a minute per pass), D = 128, K = 128, unit-norm random embeddings and
+prototypes, Voronoi superpixels seen through 5 shifted, scaled crops, ~230-300 regions common
+to all views per image, a masked box of ignored (-1) pixels per view. Everything runs on the
+CPU, on one torch thread by default (``--threads``): on a shared machine a multi-threaded
+OpenMP region stalls whenever one of its threads is descheduled, which penalises the loop's
+thousands of small ops far more than our few large ones, so ratios at 2+ threads swing
+several-fold with background load; one thread measures the work.
+Each method is warmed up once (the correctness check); passes of the two are interleaved so
+background load hits both alike. The table shows the median and best wall-clock pass and the
+median process CPU time. The last two lines are ``mean_speedup_vs_loop=<x>`` and
+``speedup_vs_loop=<x>`` (representative pooling, the published DeepLab configuration): loop
+median wall time / ours median wall time.
 
-Usage: python bench/pooling.py [--quick] [--size 200] [--reps 5] [--loop-reps 3]
+Usage: python bench/pooling.py [--quick] [--size 200] [--reps 5] [--loop-reps 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -178,15 +188,20 @@ def check_same(batch: Batch, mode: str) -> None:
         raise SystemExit(f"{mode}: ours and the loop disagree; not timing")
 
 
-def time_pass(fn: Callable[[Batch, str], torch.Tensor], batch: Batch, mode: str) -> float:
-    t0 = time.perf_counter()
+def time_pass(
+    fn: Callable[[Batch, str], torch.Tensor], batch: Batch, mode: str
+) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one forward + backward."""
+    wall, cpu = time.perf_counter(), time.process_time()
     forward_backward(fn, batch, mode)
-    return time.perf_counter() - t0
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench_mode(batch: Batch, mode: str, reps: int, loop_reps: int) -> dict[str, list[float]]:
+def bench_mode(
+    batch: Batch, mode: str, reps: int, loop_reps: int
+) -> dict[str, list[tuple[float, float]]]:
     """`loop_reps` loop passes, each followed by its share of the `reps` passes of ours."""
-    times: dict[str, list[float]] = {"ours": [], "loop": []}
+    times: dict[str, list[tuple[float, float]]] = {"ours": [], "loop": []}
     per_round = [reps // loop_reps + (i < reps % loop_reps) for i in range(loop_reps)]
     for n_ours in per_round:
         times["loop"].append(time_pass(loop, batch, mode))
@@ -199,9 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=None, help="view side in px (default 200)")
     parser.add_argument("--reps", type=int, default=None, help="timed passes of ours (5)")
     parser.add_argument("--loop-reps", type=int, default=None, help="timed loop passes (3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="96 px views, 3 + 1 passes")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines while the loop runs
+    torch.set_num_threads(args.threads)
     size = args.size or (96 if args.quick else 200)
     reps = args.reps or (3 if args.quick else 5)
     loop_reps = args.loop_reps or (1 if args.quick else 3)
@@ -217,16 +234,21 @@ def main(argv: list[str] | None = None) -> None:
         f"regions per image {regions}; {ignored:.1%} of pixels ignored; "
         f"CPU, {torch.get_num_threads()} threads; forward + backward per pass"
     )
+    print(f"{'pooling':<15} {'method':<6} {'median s':>9} {'best s':>9} {'CPU s':>9} passes")
     speedups = {}
     for mode in ("mean", "representative"):
         check_same(batch, mode)  # also the warm-up pass of both
         times = bench_mode(batch, mode, reps, loop_reps)
+        median = {}
         for name, ts in times.items():
+            walls = [w for w, _ in ts]
+            median[name] = statistics.median(walls)
+            cpu = statistics.median(c for _, c in ts)
             print(
-                f"{mode:<16} {name:<6} median {statistics.median(ts):8.3f} s   "
-                f"best {min(ts):8.3f} s   passes {len(ts)}"
+                f"{mode:<15} {name:<6} {median[name]:>9.3f} {min(walls):>9.3f} {cpu:>9.3f} "
+                f"{len(ts):>6}"
             )
-        speedups[mode] = statistics.median(times["loop"]) / statistics.median(times["ours"])
+        speedups[mode] = median["loop"] / median["ours"]
     print(f"mean_speedup_vs_loop={speedups['mean']:.2f}")
     print(f"speedup_vs_loop={speedups['representative']:.2f}")
 

@@ -184,9 +184,9 @@ def test_segment_argmax_of_no_rows_is_all_minus_one():
 
 
 @pytest.mark.parametrize("detach", [False, True])
-@pytest.mark.parametrize("chunk", [1 << 16, 7])
+@pytest.mark.parametrize("chunk", [2048, 7])
 def test_representative_pool_matches_loop_with_gradients(detach, chunk, monkeypatch):
-    monkeypatch.setattr(pooling, "_CHUNK_PIXELS", chunk)  # 7: many chunks per group
+    monkeypatch.setattr(pooling, "_CHUNK_PIXELS_CPU", chunk)  # 7: many chunks per group
     x, scores, seg = random_rows(seed=3)
     x_a = x.clone().requires_grad_()
     x_b = x.clone().requires_grad_()
@@ -223,9 +223,9 @@ def test_representative_pool_without_rows_gives_zeros():
 
 
 @pytest.mark.parametrize("mode", ["mean", "representative"])
-@pytest.mark.parametrize("chunk", [1 << 16, 10])
+@pytest.mark.parametrize("chunk", [2048, 10])
 def test_pool_regions_matches_loop_with_gradients(mode, chunk, monkeypatch):
-    monkeypatch.setattr(pooling, "_CHUNK_PIXELS", chunk)
+    monkeypatch.setattr(pooling, "_CHUNK_PIXELS_CPU", chunk)
     z, ids, num_regions, prototypes = random_batch()
     z_a = z.clone().requires_grad_()
     z_b = z.clone().requires_grad_()
@@ -260,6 +260,27 @@ def test_pool_regions_pools_half_precision_in_float32():
         got, coherence = pool_regions(z16, ids, num_regions, mode, prototypes.float())
         assert got.dtype == torch.float32 and coherence.dtype == torch.float32
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_pool_regions_ignores_autocast():
+    z, ids, num_regions, prototypes = random_batch(seed=3)
+    z, prototypes = z.float(), prototypes.float()
+    for mode in ("mean", "representative"):
+        expected = pool_regions(z, ids, num_regions, mode, prototypes)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = pool_regions(z, ids, num_regions, mode, prototypes)
+        for a, b in zip(got, expected, strict=True):
+            assert a.dtype == torch.float32
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_pool_regions_with_no_regions_at_all():
+    z, ids, _, prototypes = random_batch()
+    for mode in ("mean", "representative"):
+        regions, coherence = pool_regions(
+            z, torch.full_like(ids, -1), torch.zeros(3, dtype=torch.int64), mode, prototypes
+        )
+        assert regions.shape == (3, 0, 5) and coherence.item() == 0.0
 
 
 def test_pool_regions_rejects_bad_arguments():

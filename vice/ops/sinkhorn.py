@@ -15,9 +15,9 @@ exponentiated before the final per-row softmax, so there is no under- or overflo
 finite scores and epsilon: no NaN/inf, no all-zero rows or prototypes, no eps fix-ups. The
 global maximum of scores / epsilon is subtracted first (all-reduce MAX), as SwAV does before
 its exp, to keep the float64 values small; the result does not depend on that shift or on
-adding a constant to every score. float64 costs nothing that matters here (N is at most a
-few times 10^4 rows of K = 128) and makes the result independent of how the rows are split
-across ranks to ~1e-12.
+adding a constant to every score. float64 costs little here (a batch's center-view regions
+plus this rank's queue, times K = 128, is tiny next to the per-pixel tensors) and makes the
+result independent of how the rows are split across ranks to ~1e-12.
 
 Shape legend:
     N  rows (samples) on this rank; the global row count is the sum over ranks
