@@ -31,12 +31,13 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
 
         c = x_BCHW.shape[1]
         x = x_BCHW.float()
-        count = torch.tensor([x.numel() / c], device=x.device, dtype=torch.float64)
-        local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))])
-        total = all_reduce(local)  # (2C,), gradients flow back to every rank's inputs
-        n = float(all_reduce(count.clone()).item())
+        # One all-reduce carries sums, squared sums and the pixel count (ranks may hold
+        # different batch sizes); gradients flow back to every rank's inputs through it.
+        count = x.new_full((1,), x.numel() / c)
+        total = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count]))
+        n = total[2 * c].detach()
         mean_C = total[:c] / n
-        var_C = total[c:] / n - mean_C * mean_C  # biased, as BatchNorm normalises with
+        var_C = total[c : 2 * c] / n - mean_C * mean_C  # biased, as BatchNorm normalises with
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -45,7 +46,7 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
                     if self.momentum is not None
                     else (1.0 / float(self.num_batches_tracked))
                 )
-                unbiased = var_C * (n / max(n - 1, 1))
+                unbiased = var_C * (n / (n - 1).clamp(min=1))
                 self.running_mean.mul_(1 - m).add_(mean_C.to(self.running_mean.dtype), alpha=m)
                 self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
         shape = (1, c, 1, 1)
