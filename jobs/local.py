@@ -35,6 +35,7 @@ def run_local(cfg: Config, run_dir: Path, tracker: Tracker) -> dict:
         "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.trainer.gpus_per_node))
     )
     env["PYTHONUNBUFFERED"] = "1"
+    tracker.close()  # training's rank 0 logs into the same run meanwhile
     proc = subprocess.run(torchrun_command(cfg, run_dir), env=env)
     if proc.returncode != 0:
         tracker.finish("FAILED")

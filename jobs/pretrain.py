@@ -1,8 +1,14 @@
-"""One training rank: `torchrun ... jobs/pretrain.py <run_dir>` (config from the run dir)."""
+"""One training rank: `torchrun ... jobs/pretrain.py <run_dir>` (config from the run dir).
+
+Stop signals (SIGTERM on preemption or requeue, SIGUSR2 before the time limit, SIGINT) only
+set a flag; the trainer saves at the next step boundary with every other rank and returns,
+and this process exits 0. `<run_dir>/stops.jsonl` tells the job's supervisor it was a stop.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +16,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vice import dist
 from vice.pipeline import load_config
+from vice.tracking import build_tracker
+from vice.train.stop import StopSignals
 from vice.train.trainer import train
+
+# SLURM's view of the job, as MLflow tags (names: what `squeue`/`sacct` call them)
+SLURM_TAGS = {
+    "SLURM_JOB_ID": "slurm.pretrain_job_id",
+    "SLURM_RESTART_COUNT": "slurm.restart_count",
+    "SLURM_JOB_NUM_NODES": "slurm.nodes",
+    "SLURM_JOB_NODELIST": "slurm.nodelist",
+    "SLURM_JOB_PARTITION": "slurm.partition",
+}
+
+
+def slurm_tags(environ: dict[str, str]) -> dict[str, str]:
+    tags = {tag: environ[var] for var, tag in SLURM_TAGS.items() if environ.get(var)}
+    if "SLURM_JOB_ID" in environ:
+        tags.setdefault("slurm.restart_count", "0")
+    if environ.get("LOCAL_WORLD_SIZE"):
+        tags["processes_per_node"] = environ["LOCAL_WORLD_SIZE"]
+    return tags
 
 
 def main(argv: list[str]) -> int:
@@ -22,10 +48,15 @@ def main(argv: list[str]) -> int:
     )
     run_dir = Path(argv[0])
     cfg = load_config(run_dir)
-    try:
-        train(cfg, run_dir)
-    finally:
-        dist.teardown()
+    with StopSignals() as stop:
+        is_main = int(os.environ.get("RANK", "0")) == 0
+        tracker = build_tracker(cfg.tracking, run_dir, is_main)
+        tracker.set_tags(slurm_tags(dict(os.environ)))
+        try:
+            train(cfg, run_dir, tracker, should_stop=stop)
+        finally:
+            tracker.close()
+            dist.teardown()
     return 0
 
 

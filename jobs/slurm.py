@@ -124,6 +124,10 @@ def _finish_run(run_dir: str, status: str) -> None:
         log(f"could not mark the MLflow run {status}: {err}")
 
 
+class TrainingStoppedError(RuntimeError):
+    """Training saved a checkpoint and exited on a stop signal; a restart continues it."""
+
+
 @dataclass
 class PretrainTask:
     """One node of the pretraining job: runs torchrun for this node's processes."""
@@ -138,6 +142,7 @@ class PretrainTask:
         import submitit
 
         import vice
+        from vice.train.stop import read_stops
 
         env = submitit.JobEnvironment()
         hosts = node_hostnames()
@@ -165,8 +170,21 @@ class PretrainTask:
         # completed and which global ranks this node got: what one needs when a job hangs.
         child_env.setdefault("LOGLEVEL", "INFO")
         log(f"torchrun: {shlex.join(command)}")
+        stops_before = len(read_stops(self.run_dir))
         code = _wait_child(subprocess.Popen(command, env=child_env))
         log(f"torchrun exited with code {code}")
+        stops = read_stops(self.run_dir)
+        if len(stops) > stops_before:
+            stop = stops[-1]
+            # Not a failure: SLURM requeues a preempted or `scontrol requeue`d job, submitit
+            # one that reached its time limit. The exception keeps a job that nobody requeues
+            # from ending COMPLETED (its eval would start without weights): it ends FAILED,
+            # and tools/resubmit.py continues it.
+            raise TrainingStoppedError(
+                f"training stopped by {stop.signal} at step {stop.step} with a checkpoint "
+                f"saved; a restart of job {env.job_id} (requeue or tools/resubmit.py) "
+                f"continues from it; run_dir: {self.run_dir}"
+            )
         if code != 0:
             if node == 0:
                 _finish_run(self.run_dir, "FAILED")
@@ -445,7 +463,7 @@ def submit_chain(
     )
     # Submitting from inside a job (a pipeline step) must not leak its SLURM_* variables.
     with submitit.helpers.clean_env():
-        job = make_executor(run_dir, pre_params, cfg.cluster.max_requeues).submit(task)
+        job = make_executor(run_dir, pre_params, cfg.trainer.max_requeues).submit(task)
         chain = Chain(num, label, str(run_dir), res, job.job_id)
         chain.logs["pretrain"] = log_paths(run_dir, job.job_id, res.nodes)
         chain.sbatch["pretrain"] = pre_params
@@ -453,7 +471,7 @@ def submit_chain(
             eval_params = sbatch_parameters(
                 cfg, res, run_dir, snapshot, "eval", dependency=f"afterok:{job.job_id}"
             )
-            executor = make_executor(run_dir, eval_params, cfg.cluster.max_requeues)
+            executor = make_executor(run_dir, eval_params, cfg.trainer.max_requeues)
             try:
                 eval_job = executor.submit(EvalTask(str(run_dir)))
             except Exception:

@@ -304,6 +304,8 @@ class TrainerConfig:
     seed: int = 0  # model init and any non-data randomness
     deterministic: bool = True  # deterministic algorithms (bit-exact resume on CPU)
     threads_per_process: int = 0  # torch CPU threads per process; 0 = cores / processes
+    # Time-limit requeues (on SLURM) before a job gives up; preemptions do not count.
+    max_requeues: int = 3
 
     def validate(self, prefix: str = "trainer") -> None:
         _check_range(f"{prefix}.nodes", self.nodes, 1)
@@ -322,6 +324,7 @@ class TrainerConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise _fail(f"{prefix}.device", self.device, "one of ['auto', 'cpu', 'cuda']")
         _check_range(f"{prefix}.threads_per_process", self.threads_per_process, 0)
+        _check_range(f"{prefix}.max_requeues", self.max_requeues, 0)
 
 
 @dataclass
@@ -373,6 +376,7 @@ class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "vice"
     run_name: str | None = None
+    system_metrics: bool = True  # CPU, memory (and GPU) of every node, with each log line
 
     def validate(self, prefix: str = "tracking") -> None:
         if self.enabled and not self.uri:
@@ -397,13 +401,12 @@ class ClusterConfig:
     partition: str | None = None  # None: the cluster's default partition (sinfo's `*`)
     account: str | None = None
     qos: str | None = None
-    time_min: int = 60  # pretrain job time limit; requeued (max_requeues) when it runs out
+    time_min: int = 60  # pretrain job time limit; requeued (trainer.max_requeues) at the end
     mem_gb: float | None = None  # per node; None: the cluster's default
     constraint: str | None = None  # node features, e.g. "a100"
     cpus_per_task: int | None = None  # per node (one task per node); None: procs x (workers+1)
     additional: dict[str, Any] = field(default_factory=dict)  # other sbatch options, e.g. mail
     signal_delay_s: int = 120  # USR2 this long before the time limit: save, requeue
-    max_requeues: int = 3  # time-limit requeues before the job gives up (submitit timeouts)
     eval_time_min: int = 60  # eval job time limit
     eval_nodes: int = 1  # the eval runs one process; more nodes only hold resources
 
@@ -433,7 +436,6 @@ class ClusterConfig:
                 f"must be shorter than the time limit ({prefix}.time_min={self.time_min} min "
                 f"= {self.time_min * 60} s)",
             )
-        _check_range(f"{prefix}.max_requeues", self.max_requeues, 0)
         _check_range(f"{prefix}.eval_time_min", self.eval_time_min, 1)
         _check_range(f"{prefix}.eval_nodes", self.eval_nodes, 1)
         for key in self.additional:

@@ -94,7 +94,7 @@ def evaluate_run(
     )
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     tracker.log_metrics({f"eval.{k}": v for k, v in numeric.items()}, step=0)
-    for name in ("metrics.json", "segmentations.png"):
+    for name in ("metrics.json", "segmentations.png", "per_class_iou.png"):
         path = run_dir / "eval" / name
         if path.is_file():
             tracker.log_artifact(path, "eval")

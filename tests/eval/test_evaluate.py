@@ -49,7 +49,11 @@ def test_end_to_end_on_synthetic_data(tmp_path, stand_in_model):
         assert 0.0 < metrics[f"{prefix}.acc"] <= 1.0
         _check_fraction_list(metrics[f"{prefix}.iou_per_class"], 8)
         _check_fraction_list(metrics[f"{prefix}.acc_per_class"], 8)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "segmentations.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.json",
+        "per_class_iou.png",
+        "segmentations.png",
+    ]
     with Image.open(tmp_path / "segmentations.png") as fig:
         assert fig.width == 4 * 192 + 5 * 6  # 4 columns of 64 px crops enlarged 3x
 

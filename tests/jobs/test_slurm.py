@@ -246,7 +246,7 @@ PREFIX = "invalid config value "
     [
         ({"cluster": {"time_min": 0}}, "cluster.time_min=0: must be in [1, inf]"),
         ({"cluster": {"eval_nodes": 0}}, "cluster.eval_nodes=0: must be in [1, inf]"),
-        ({"cluster": {"max_requeues": -1}}, "cluster.max_requeues=-1: must be in [0, inf]"),
+        ({"trainer": {"max_requeues": -1}}, "trainer.max_requeues=-1: must be in [0, inf]"),
         ({"cluster": {"mem_gb": 0}}, "cluster.mem_gb=0.0: must be in (0.0, inf]"),
         ({"cluster": {"partition": "a b"}},
          "cluster.partition='a b': a SLURM name without spaces, or null"),

@@ -11,6 +11,7 @@ from vice.config import DataConfig
 from vice.data.collate import collate_vice
 from vice.data.pretrain import ViceDataset
 from vice.data.sampler import ResumableDistributedSampler
+from vice.train.stop import ignore_stop_signals
 
 
 def seed_worker(worker_id: int) -> None:
@@ -18,8 +19,9 @@ def seed_worker(worker_id: int) -> None:
 
     Samples never read global RNGs (they use generators keyed by (seed, epoch, index)); this
     only keeps third-party code that does deterministic too. One thread per worker: the
-    workers already use every core between them.
+    workers already use every core between them. Stop signals are the trainer's to handle.
     """
+    ignore_stop_signals()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

@@ -29,7 +29,7 @@ import torch
 from vice.config import EvalConfig
 from vice.data.datasets.base import ImageSource
 from vice.eval.features import extract_features, load_eval_set, pixels_PD
-from vice.eval.figures import segmentation_figure
+from vice.eval.figures import segmentation_figure, write_per_class_iou_figure
 from vice.eval.kmeans import kmeans
 from vice.eval.linear import predict_linear, train_linear_probe
 from vice.eval.matching import confusion, map_clusters
@@ -196,6 +196,7 @@ def evaluate_features(
         )
 
     _write_json(out_dir / METRICS_FILE, metrics)
+    write_per_class_iou_figure(out_dir, metrics)
     if figure_pred is not None:
         mapping = _mapping_name(figure_c, num_classes)
         fig = segmentation_figure(

@@ -1,14 +1,22 @@
-"""The segmentation figure: image | ground truth | clusters | linear probe, one row per image.
+"""Evaluation figures, Pillow only.
 
+The segmentation figure: image | ground truth | clusters | linear probe, one row per image.
 Cluster ids are drawn after mapping to classes, so one colour means one class in every
 column. Pixels the ground truth ignores are black in the ground-truth column; predictions are
-drawn everywhere (the model predicts ignored pixels too). Pillow only.
+drawn everywhere (the model predicts ignored pixels too).
+
+The per-class IoU chart: one row of horizontal bars per class (one bar per result, e.g. k-means
+and the linear probe), read from the `<result>.iou_per_class` lists of metrics.json.
 """
 
 from __future__ import annotations
 
 import colorsys
+import json
 import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -157,3 +165,230 @@ def segmentation_figure(
         )
         draw.text((x + line_h + 2, top + 1), text, fill=_TEXT, font=font)
     return fig
+
+
+PER_CLASS_IOU_FILE = "per_class_iou.png"
+IOU_SUFFIX = ".iou_per_class"
+_CHART_WIDTH = 900  # px, whatever the number of classes
+_LINE_H = 20  # px per text line (title, legend, axis labels)
+_BAR_H = 12  # px per bar
+_BAR_GAP = 2  # px between the bars of one class
+_ROW_GAP = 8  # px between classes
+_AXIS_H = 2 * _LINE_H  # tick labels and the axis title
+_LABEL_MAX = 260  # px at most for "id: class name"; longer names are shortened with "..."
+_VALUE_W = 48  # px right of the longest bar for its value label
+_GRID = (225, 225, 225)
+_MUTED = (130, 130, 130)
+# Result colours, told apart from each other (the classes keep their palette in the swatches).
+_RESULT_COLOURS = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (148, 103, 189), (140, 86, 75),
+    (23, 190, 207),
+)  # fmt: skip
+
+
+def iou_results(metrics: Mapping) -> dict[str, list]:
+    """{"clustering.27": [iou of class 0, ...], "linear": [...]} from a metrics dict; NaN and
+    None (classes absent from the ground truth) become None."""
+    out = {}
+    for key, values in metrics.items():
+        if str(key).endswith(IOU_SUFFIX):
+            out[key[: -len(IOU_SUFFIX)]] = [
+                None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+                for v in values
+            ]
+    return out
+
+
+def default_iou_results(metrics: Mapping) -> list[str]:
+    """The k-means result drawn in segmentations.png (the smallest C >= #classes, the
+    Hungarian one when present, else the largest C) and the linear probe when present."""
+    found = iou_results(metrics)
+    counts = sorted(int(k.split(".")[1]) for k in found if k.startswith("clustering."))
+    k = metrics.get("num_classes") or max(len(v) for v in found.values())
+    chosen = [c for c in counts if c >= k][:1] or counts[-1:]
+    names = [f"clustering.{c}" for c in chosen]
+    return names + (["linear"] if "linear" in found else [])
+
+
+def _result_title(name: str, num_classes: int) -> str:
+    if name == "linear":
+        return "linear probe"
+    if name.startswith("clustering.") and name.split(".")[1].isdigit():
+        c = int(name.split(".")[1])
+        return f"k-means C={c} ({'majority' if c > num_classes else 'Hungarian'})"
+    return name
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _text_left_middle(draw: ImageDraw.ImageDraw, x: float, y: float, text: str, font, fill):
+    """Text starting at x, centred vertically on y (works for the bitmap fallback font too,
+    which has no `anchor`)."""
+    _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((x, y - (top + bottom) / 2), text, fill=fill, font=font)
+
+
+def per_class_iou_figure(
+    metrics: Mapping, results: Sequence[str] | None = None, width: int = _CHART_WIDTH
+) -> Image.Image:
+    """Horizontal bars of per-class IoU (in %), one group per class, one bar per result.
+
+    Args:
+        metrics: The dict of eval/metrics.json (or returned by `evaluate`): `<result>.
+            iou_per_class` lists of fractions, None for classes absent from the ground truth;
+            `<result>.miou`, `num_classes` and `class_names` are used when present.
+        results: Which results, e.g. ["clustering.27", "linear"]; default
+            `default_iou_results(metrics)`.
+        width: Image width in px; the height follows from the number of classes and results:
+            (1 + #results) * 20 + 12 + #classes * (#results * 14 - 2 + 8) + 40.
+
+    Returns:
+        An RGB image: title, one legend line per result (with its mIoU), the bars (absent
+        classes marked "n/a"), dashed mIoU lines and a 0-100 axis.
+    """
+    found = iou_results(metrics)
+    if not found:
+        keys = sorted(map(str, metrics))[:8]
+        raise ValueError(
+            "per_class_iou_figure: no per-class IoUs in metrics (expected keys like "
+            f"'clustering.27{IOU_SUFFIX}' or 'linear{IOU_SUFFIX}', as in eval/metrics.json); "
+            f"got {keys or 'an empty dict'}"
+        )
+    if isinstance(results, str):
+        results = [results]
+    names = list(results) if results is not None else default_iou_results(metrics)
+    if not names:
+        raise ValueError("per_class_iou_figure: results is empty; name at least one result")
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise ValueError(
+            f"per_class_iou_figure: no per-class IoUs for {unknown}; available: {sorted(found)}"
+        )
+    lengths = {n: len(found[n]) for n in names}
+    if len(set(lengths.values())) != 1 or 0 in lengths.values():
+        raise ValueError(f"per_class_iou_figure: per-class lists differ or are empty: {lengths}")
+    for n in names:
+        bad = [v for v in found[n] if v is not None and not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"per_class_iou_figure: {n} has IoUs outside [0, 1]: {bad[:3]}")
+
+    k = next(iter(lengths.values()))
+    m = len(names)
+    class_names = list(metrics.get("class_names") or [])
+    class_names = class_names if len(class_names) == k else [f"class {c}" for c in range(k)]
+    palette = class_palette(k)
+    font, small = _font(), _font(_FONT_SIZE - 2)
+    group_h = m * _BAR_H + (m - 1) * _BAR_GAP
+    pitch = group_h + _ROW_GAP
+    plot_top = (1 + m) * _LINE_H + 2 * _GAP
+    height = plot_top + k * pitch + _AXIS_H
+    fig = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(fig)
+
+    # Columns: swatch + "id: name" | bars from x0 (0 %) to x1 (100 %) | value labels.
+    swatch = _BAR_H
+    labels = [f"{c}: {name}" for c, name in enumerate(class_names)]
+    label_w = min(_LABEL_MAX, max(draw.textlength(t, font=font) for t in labels))
+    x0 = int(_GAP + swatch + _GAP + label_w + _GAP)
+    x1 = width - _VALUE_W - _GAP
+    if x1 - x0 < 100:
+        raise ValueError(f"per_class_iou_figure: width={width} leaves no room for the bars")
+
+    def x_of(iou: float) -> float:
+        return x0 + iou * (x1 - x0)
+
+    n_images = metrics.get("num_images")
+    title = "Per-class IoU (%)" + (f", {n_images} eval images" if n_images else "")
+    draw.text((_GAP, _GAP), title, fill=_TEXT, font=font)
+    mious = {}
+    for j, name in enumerate(names):
+        known = [v for v in found[name] if v is not None]
+        miou = metrics.get(f"{name}.miou")
+        mious[name] = float(miou) if miou is not None else sum(known) / max(1, len(known))
+        y = _GAP + (1 + j) * _LINE_H
+        colour = _RESULT_COLOURS[j % len(_RESULT_COLOURS)]
+        draw.rectangle((_GAP, y + 3, _GAP + 2 * swatch, y + 3 + swatch), fill=colour)
+        text = f"{_result_title(name, k)}: mIoU {100 * mious[name]:.1f}%"
+        draw.text((3 * _GAP + 2 * swatch, y), text, fill=_TEXT, font=font)
+
+    plot_bottom = plot_top + k * pitch
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = x_of(tick)
+        draw.line((x, plot_top - _GAP // 2, x, plot_bottom), fill=_GRID)
+        text = f"{100 * tick:.0f}"
+        draw.text(
+            (x - draw.textlength(text, font=small) / 2, plot_bottom + 2),
+            text,
+            fill=_TEXT,
+            font=small,
+        )
+    axis = "IoU (%); dashed: mIoU"
+    draw.text(
+        ((x0 + x1 - draw.textlength(axis, font=small)) / 2, plot_bottom + _LINE_H),
+        axis,
+        fill=_TEXT,
+        font=small,
+    )
+
+    for j, name in enumerate(names):  # dashed mIoU lines under the bars and values
+        x = x_of(mious[name])
+        colour = _RESULT_COLOURS[j % len(_RESULT_COLOURS)]
+        for y in range(plot_top, plot_bottom, 8):
+            draw.line((x, y, x, min(y + 4, plot_bottom)), fill=colour, width=2)
+    for c in range(k):
+        top = plot_top + c * pitch
+        mid = top + group_h / 2
+        draw.rectangle(
+            (_GAP, mid - swatch / 2, _GAP + swatch, mid + swatch / 2),
+            fill=tuple(int(v) for v in palette[c]),
+            outline=_TEXT,
+        )
+        text = _fit(draw, labels[c], font, label_w)
+        _text_left_middle(draw, 2 * _GAP + swatch, mid, text, font, _TEXT)
+        for j, name in enumerate(names):
+            y = top + j * (_BAR_H + _BAR_GAP)
+            iou = found[name][c]
+            if iou is None:
+                _text_left_middle(draw, x0 + 4, y + _BAR_H / 2, "n/a", small, _MUTED)
+                continue
+            colour = _RESULT_COLOURS[j % len(_RESULT_COLOURS)]
+            if iou > 0:
+                draw.rectangle((x0, y, max(x0 + 1, x_of(iou)), y + _BAR_H - 1), fill=colour)
+            _text_left_middle(draw, x_of(iou) + 4, y + _BAR_H / 2, f"{100 * iou:.1f}", small, _TEXT)
+    draw.line((x0, plot_top - _GAP // 2, x0, plot_bottom), fill=_TEXT)
+    return fig
+
+
+def write_per_class_iou_figure(
+    eval_dir: str | Path,
+    metrics: Mapping | None = None,
+    results: Sequence[str] | None = None,
+) -> Path:
+    """Writes `<eval_dir>/per_class_iou.png` (atomically) and returns its path.
+
+    Args:
+        eval_dir: The evaluation folder.
+        metrics: The metrics dict; default: read `<eval_dir>/metrics.json`.
+        results: See `per_class_iou_figure`.
+    """
+    eval_dir = Path(eval_dir)
+    if metrics is None:
+        path = eval_dir / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no {path}: run the evaluation first")
+        metrics = json.loads(path.read_text())
+    fig = per_class_iou_figure(metrics, results)
+    out = eval_dir / PER_CLASS_IOU_FILE
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        fig.save(tmp, format="PNG")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

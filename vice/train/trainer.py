@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import resource
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -32,10 +33,12 @@ from vice.data.pretrain import ViceDataset
 from vice.methods import METHODS
 from vice.models import build_model
 from vice.models.sync_bn import convert_distributed_bn
+from vice.system_metrics import SystemMetrics
 from vice.tracking import Tracker, build_tracker, default_tags, flatten
 from vice.train.checkpoint import CheckpointManager
 from vice.train.optim import build_optimizer, learning_rate, set_lr
 from vice.train.rng import capture_rng, restore_rng
+from vice.train.stop import StopEvent, read_stops, record_stop
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,14 @@ def _format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _record_stop(run_dir: Path, tracker: Tracker, signal_name: str, step: int) -> None:
+    now = time.time()
+    record_stop(run_dir, StopEvent(signal_name, step, now, os.getpid()))
+    count = len(read_stops(run_dir))
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+    tracker.set_tags({f"stop.{count}": f"{signal_name} at step {step}, {when}", "stops": count})
+
+
 class Progress:
     """A live line on a terminal, periodic log lines otherwise (both on rank 0)."""
 
@@ -104,13 +115,15 @@ def train(
     cfg: Config,
     run_dir: str | Path,
     tracker: Tracker | None = None,
-    should_stop: Callable[[int], bool] | None = None,
+    should_stop: Callable[[int], str | bool | None] | None = None,
 ) -> dict[str, Any]:
     """Pretrains `cfg` in this process (one rank of a torchrun job, or alone).
 
-    `should_stop(step)` is asked at every step boundary (a stop signal's flag, or a test);
-    when any rank says yes, all ranks save one checkpoint together and return with
-    status "stopped". Returns a summary: status, steps, final weights path, mean images/s.
+    `should_stop(step)` is asked at every step boundary (a stop signal's flag, see
+    `vice.train.stop`, or a test); a truthy answer (the signal's name) on any rank makes all
+    ranks save one checkpoint together and return with status "stopped"; rank 0 records the
+    stop in `<run_dir>/stops.jsonl` and in the run's tags. Returns a summary: status, steps,
+    final weights path, mean images/s, the stop signal.
     """
     run_dir = Path(run_dir)
     info = dist.init_distributed(cfg.trainer.device)
@@ -158,7 +171,11 @@ def train(
     checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.trainer.keep_checkpoints)
 
     # --- resume
-    step, epoch, skipped = 0, 0, 0
+    step, epoch, skipped, resumes = 0, 0, 0, 0
+    # Loss terms summed since the last log line, per rank: saved, so that the first log line
+    # after a resume averages the same steps as an uninterrupted run's.
+    terms_sum: dict[str, float] = {}
+    window_steps = 0
     loaded = checkpoints.load_latest()
     if loaded is not None:
         state, path = loaded
@@ -166,9 +183,13 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         step, epoch, skipped = int(state["step"]), int(state["epoch"]), int(state["skipped"])
+        resumes = int(state.get("resumes", 0)) + 1
         if int(state["world_size"]) == info.world_size:
-            restore_rng(state["ranks"][info.rank]["rng"])
-            method.load_state_dict(state["ranks"][info.rank]["method"])
+            mine = state["ranks"][info.rank]
+            restore_rng(mine["rng"])
+            method.load_state_dict(mine["method"])
+            terms_sum = {k: float(v) for k, v in mine.get("terms_sum", {}).items()}
+            window_steps = int(mine.get("window_steps", 0))
         else:
             log.warning(
                 "checkpoint was written by %s ranks, this job has %s: model and "
@@ -181,6 +202,7 @@ def train(
         sampler.set_epoch(0)
     if info.is_main and step == 0:
         tracker.log_params(flatten(asdict(cfg)))
+    hosts = sorted(set(dist.all_gather_object(socket.gethostname())))
     if info.is_main:
         tracker.set_tags(
             {
@@ -188,17 +210,27 @@ def train(
                 "world_size": info.world_size,
                 "device": str(device),
                 "backend": info.backend or "none",
+                "hosts": ",".join(hosts),
+                "restart_count": resumes,
             }
         )
 
     def save(at_step: int) -> Path | None:
-        ranks = dist.all_gather_object({"rng": capture_rng(), "method": method.state_dict()})
+        ranks = dist.all_gather_object(
+            {
+                "rng": capture_rng(),
+                "method": method.state_dict(),
+                "terms_sum": dict(terms_sum),
+                "window_steps": window_steps,
+            }
+        )
         path = None
         if info.is_main:
             state = {
                 "step": at_step,
                 "epoch": epoch,
                 "skipped": skipped,
+                "resumes": resumes,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": {},  # bf16 autocast needs no loss scaling; kept for the format
@@ -219,8 +251,12 @@ def train(
         f" views per rank"
     )
     images_per_step = cfg.data.batch_size * info.world_size
+    # One sampler per node (its local rank 0); read at each log line, so CPU shares cover
+    # the steps since the previous one, and gathered to rank 0, the only one that logs.
+    system = None
+    if cfg.tracking.enabled and cfg.tracking.system_metrics and info.local_rank == 0:
+        system = SystemMetrics(node_id=f"node{info.rank // procs_per_node}")
     window = {"data": 0.0, "compute": 0.0, "steps": 0}
-    terms_sum: dict[str, float] = {}
     last_save = time.monotonic()
     started = time.monotonic()
     rates: list[float] = []
@@ -246,6 +282,7 @@ def train(
             skipped += int(batch["skipped"])
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v
+            window_steps += 1
             done = time.monotonic()
             window["data"] += got - tic
             window["compute"] += done - got
@@ -262,7 +299,7 @@ def train(
                 elapsed = window["data"] + window["compute"]
                 rate = images_per_step * n / max(elapsed, 1e-9)
                 rates.append(rate)
-                metrics = {k: float(packed[i]) / n for i, k in enumerate(keys)}
+                metrics = {k: float(packed[i]) / window_steps for i, k in enumerate(keys)}
                 metrics.update(
                     lr=lr,
                     images_per_s=rate,
@@ -278,18 +315,23 @@ def train(
                     f" | lr {lr:.4g} | {rate:.1f} img/s | data {metrics['data_wait_share']:.0%}"
                     f" | ETA {_format_eta(eta)}"
                 )
+                if cfg.tracking.enabled and cfg.tracking.system_metrics:  # every rank gathers
+                    for node in dist.all_gather_object(system.snapshot() if system else {}):
+                        metrics.update(node)
                 if info.is_main:
                     tracker.log_metrics(metrics, step)
                 window = {"data": 0.0, "compute": 0.0, "steps": 0}
                 terms_sum = {}
+                window_steps = 0
             else:
                 progress.tick(step, images_per_step / max(done - got, 1e-9), 0.0)
 
             # One small all-reduce per step makes every rank take the same decisions.
+            reason = should_stop(step) if should_stop is not None else None
             flags = torch.tensor(
                 [
                     float(time.monotonic() - last_save >= cfg.trainer.checkpoint_minutes * 60),
-                    float(should_stop is not None and should_stop(step)),
+                    float(bool(reason)),
                 ]
             )
             time_due, stop = (dist.all_reduce_max(flags.to(device)).cpu() > 0).tolist()
@@ -297,8 +339,17 @@ def train(
                 save(step)
                 last_save = time.monotonic()
             if stop and step < total_steps:
-                progress.line(f"stopping at step {step}: checkpoint saved, resume continues here")
+                signal_name = (
+                    reason if isinstance(reason, str) else "peer" if not reason else "stop"
+                )
+                if info.is_main:
+                    _record_stop(run_dir, tracker, signal_name, step)
+                progress.line(
+                    f"stopping at step {step} ({signal_name}): checkpoint saved, a restart "
+                    "continues here"
+                )
                 return {
+                    "signal": signal_name,
                     "status": "stopped",
                     "steps": step,
                     "final_weights": None,

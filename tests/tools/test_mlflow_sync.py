@@ -1,0 +1,91 @@
+"""A tracking server that goes away mid-run: training logs on, nothing is lost or doubled.
+
+Uses a real `mlflow server` (tools/mlflow_server.py) on a loopback port; it is stopped in the
+middle of a run and started again on the same store.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vice.config import TrackingConfig
+from vice.pipeline import write_config
+from vice.tracking import MlflowTracker
+
+from ..train.test_trainer import tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tool(name: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_server_outage_mid_run_loses_and_duplicates_nothing(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    port, state = _free_port(), tmp_path / "server"
+    server = ("--state-dir", str(state), "--port", str(port))
+    started = _tool("mlflow_server.py", "start", *server)
+    assert started.returncode == 0, started.stderr
+    uri = f"http://127.0.0.1:{port}"
+    assert f"tracking.uri={uri}" in started.stdout
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = tiny_config()
+    cfg.tracking = TrackingConfig(uri=uri, experiment="outage")
+    write_config(cfg, run_dir)
+    try:
+        tracker = MlflowTracker(cfg.tracking, run_dir, background=False)
+        tracker.log_params({"optim.lr": 0.2})
+        for step in (1, 2, 3):
+            tracker.log_metrics({"loss": 10.0 - step}, step)
+        assert tracker.close()  # all sent
+
+        assert _tool("mlflow_server.py", "stop", *server).returncode == 0
+        for step in (4, 5, 6):  # the server is down: training goes on
+            tracker.log_metrics({"loss": 10.0 - step}, step)
+        assert not tracker.close()
+        assert tracker.journal.pending_metric_values() == 3
+
+        # the job restarts from a checkpoint at step 3 while the server is still down
+        resumed = MlflowTracker(cfg.tracking, run_dir, background=False)
+        for step in (4, 5, 6, 7):
+            resumed.log_metrics({"loss": 10.0 - step}, step)
+        assert not resumed.close()
+
+        assert _tool("mlflow_server.py", "start", *server).returncode == 0
+        synced = _tool("mlflow_sync.py", str(run_dir))
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        assert "all 10 logged metric values are in MLflow, once each" in synced.stdout
+
+        history = MlflowClient(uri).get_metric_history(tracker.run_id, "loss")
+        assert sorted((m.step, m.value) for m in history) == [(s, 10.0 - s) for s in range(1, 8)]
+        check = _tool("mlflow_sync.py", str(run_dir), "--check-only")
+        assert check.returncode == 0 and "1/1 runs complete" in check.stdout
+    finally:
+        _tool("mlflow_server.py", "stop", *server)
+
+
+def test_sync_reports_missing_directories(tmp_path):
+    out = _tool("mlflow_sync.py", str(tmp_path / "nope"))
+    assert out.returncode == 2 and "no such directory" in out.stderr
+    out = _tool("mlflow_sync.py", str(tmp_path))
+    assert out.returncode == 2 and "no run directories" in out.stderr

@@ -1,0 +1,160 @@
+"""The run directory's record of what was sent to the tracking server, and what is pending.
+
+Two JSON-lines files under `<run_dir>/tracking/`:
+
+- `pending.jsonl`: tracking operations (params, tags, metrics, artifacts, status) not yet
+  accepted by the server, in order. Appended before anything is sent, emptied from the front
+  as the server accepts them, so an outage or a crash loses nothing: the next process (or
+  `tools/mlflow_sync.py`) replays what is left.
+- `metrics.jsonl`: every metric value ever logged for the run (key, step, value, time),
+  append-only: what the server's history is checked against.
+
+Several processes may share a run's journal (the launcher, rank 0 of training, the
+evaluation, a sync tool): appends and removals hold a short file lock, and sending holds a
+second one, so an operation is sent by one process only, and removed by id once accepted.
+Training never waits for the server: only the sender holds the sending lock over the network.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+JOURNAL_DIR = "tracking"
+PENDING_FILE = "pending.jsonl"
+LEDGER_FILE = "metrics.jsonl"
+LOCK_FILE = "journal.lock"
+SEND_LOCK_FILE = "send.lock"
+
+Op = dict[str, Any]  # {"op": "metrics" | "params" | "tags" | "artifact" | "terminate", ...}
+
+
+class Journal:
+    def __init__(self, run_dir: str | Path) -> None:
+        self.directory = Path(run_dir) / JOURNAL_DIR
+        self.pending_path = self.directory / PENDING_FILE
+        self.ledger_path = self.directory / LEDGER_FILE
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+
+    @contextmanager
+    def _flocked(self, name: str, lock: threading.Lock) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with lock, open(self.directory / name, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def locked(self) -> Any:
+        """This thread and process alone touch the journal files (held briefly)."""
+        return self._flocked(LOCK_FILE, self._lock)
+
+    def sending(self) -> Any:
+        """This thread and process alone send the pending operations (held over the network)."""
+        return self._flocked(SEND_LOCK_FILE, self._send_lock)
+
+    def append(self, op: Op) -> None:
+        """Queues `op` (it gets an "id"); metric values also go into the ledger."""
+        op = {**op, "id": uuid.uuid4().hex}
+        with self.locked():
+            line = json.dumps(op, allow_nan=True) + "\n"
+            _append(self.pending_path, line)
+            if op["op"] == "metrics":
+                rows = "".join(
+                    json.dumps({"key": k, "step": s, "value": v, "time": t}, allow_nan=True) + "\n"
+                    for k, v, t, s in op["items"]
+                )
+                _append(self.ledger_path, rows)
+
+    def pending(self) -> list[Op]:
+        """The queued operations, oldest first (a torn last line, from a crash, is dropped)."""
+        with self.locked():
+            return self._read_pending()
+
+    def _read_pending(self) -> list[Op]:
+        if not self.pending_path.is_file():
+            return []
+        ops = []
+        for line in self.pending_path.read_text().splitlines():
+            try:
+                ops.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return ops
+
+    def drop(self, ids: set[str]) -> None:
+        """Removes the operations with these ids (the server has them)."""
+        if not ids:
+            return
+        with self.locked():
+            rest = [op for op in self._read_pending() if op.get("id") not in ids]
+            tmp = self.pending_path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(op, allow_nan=True) + "\n" for op in rest)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.pending_path)
+
+    def pending_metric_values(self) -> int:
+        return sum(len(op["items"]) for op in self.pending() if op["op"] == "metrics")
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """Every metric value logged for the run, oldest first."""
+        if not self.ledger_path.is_file():
+            return []
+        rows = []
+        for line in self.ledger_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def compare_history(
+    ledger: list[dict[str, Any]], history: dict[str, list[tuple[int, float]]]
+) -> list[str]:
+    """What is wrong with the server's metric history, given the run's ledger.
+
+    `history`: key -> [(step, value), ...] as the server holds it. Every (key, step) of the
+    ledger must be there exactly once, with a value the ledger holds for it (a step logged
+    again after a resume may hold the first or the second computation). Returns problems;
+    empty means the server has everything, without duplicates.
+    """
+    expected: dict[tuple[str, int], list[float]] = {}
+    for row in ledger:
+        expected.setdefault((row["key"], int(row["step"])), []).append(float(row["value"]))
+    got: dict[tuple[str, int], list[float]] = {}
+    for key, points in history.items():
+        for step, value in points:
+            got.setdefault((key, int(step)), []).append(float(value))
+    problems = []
+    for (key, step), values in sorted(expected.items()):
+        held = got.get((key, step))
+        if not held:
+            problems.append(f"missing: {key} at step {step}")
+        elif len(held) > 1:
+            problems.append(f"duplicate: {key} at step {step} has {len(held)} values {held}")
+        elif not any(_same(held[0], v) for v in values):
+            problems.append(f"different: {key} at step {step} is {held[0]}, logged {values}")
+    return problems
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)  # NaN equals NaN here
