@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from vice.secrets import (
@@ -151,3 +153,30 @@ def test_redact_tree_agrees_with_redact_mapping_on_flattened_keys():
 
     tree = {"a": {"auth": {"user": "bob"}, "b": 1}, "c": {"api_key": "k-123456"}}
     assert redact_mapping(flatten(tree), env={}) == flatten(redact_tree(tree, env={}))
+
+
+def test_environment_changing_under_our_feet_is_tolerated(monkeypatch):
+    import threading
+
+    from vice import secrets
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter22")
+    stop = threading.Event()
+
+    def churn():
+        i = 0
+        while not stop.is_set():
+            os.environ[f"_VICE_CHURN_{i % 50}"] = "x"
+            os.environ.pop(f"_VICE_CHURN_{(i + 25) % 50}", None)
+            i += 1
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(300):
+            assert secrets.redact_text("pw hunter22") == f"pw {secrets.REDACTED}"
+    finally:
+        stop.set()
+        thread.join()
+        for i in range(50):
+            os.environ.pop(f"_VICE_CHURN_{i}", None)

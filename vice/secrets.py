@@ -69,10 +69,21 @@ def _is_secret_env(name: str) -> bool:
     return name in SECRET_ENV_VARS or name.startswith("AWS_") or is_secret_key(name)
 
 
+def _environ() -> dict[str, str]:
+    """A copy of the environment. Other threads (MLflow's telemetry) change it while we read:
+    iterating os.environ then raises KeyError or RuntimeError, so try again."""
+    for _ in range(10):
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):
+            continue
+    return {}
+
+
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     """The values to hide in text: those of secret env vars, longest first (a value that
     contains another is replaced whole)."""
-    env = os.environ if env is None else env
+    env = _environ() if env is None else env
     values = {
         value
         for name, value in env.items()
