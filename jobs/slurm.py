@@ -30,6 +30,7 @@ from typing import Any
 
 from jobs.preflight import Partition
 from vice.config import Config
+from vice.hydra_schema import write_config as write_config  # re-exported
 
 PORT_BASE = 20000  # rendezvous ports: PORT_BASE + job id % PORT_SPAN, below Linux's ephemeral
 PORT_SPAN = 12000  # range (32768+) and far from slurmd/slurmctld/MariaDB ports
@@ -370,17 +371,6 @@ def make_paths_absolute(cfg: Config, base: Path) -> None:
         cfg.data.superpixels.cache_dir = str((base / cache).resolve())
     if cfg.model.weights and not Path(cfg.model.weights).is_absolute():
         cfg.model.weights = str((base / cfg.model.weights).resolve())
-
-
-def write_config(cfg: Config, run_dir: str | Path) -> Path:
-    """vice.pipeline.write_config's file, without importing torch there (seconds at launch)."""
-    from omegaconf import OmegaConf
-
-    path = Path(run_dir) / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(asdict(cfg))))
-    os.replace(tmp, path)
-    return path
 
 
 def make_executor(run_dir: str | Path, params: dict[str, Any], max_requeues: int) -> Any:

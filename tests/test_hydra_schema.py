@@ -21,3 +21,21 @@ def test_compose_default_and_overrides():
         assert cfg.data.dataset == "synthetic" and cfg.data.views.view_size == 96
         cfg = to_config(compose("config", ["data=coco", "data.root=/x"]))
         assert cfg.data.views.view_size == 400 and cfg.data.split == "train+unlabeled"
+
+
+def test_saved_config_holds_no_secrets(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from vice.config import Config
+    from vice.hydra_schema import write_config
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-98765")
+    cfg = Config()
+    cfg.tracking.uri = "https://alice:s3cret@mlflow.example.org"
+    cfg.cluster.additional = {"comment": "tok-98765", "api_key": "k-1"}
+    text = write_config(cfg, tmp_path).read_text()
+    assert "s3cret" not in text and "tok-98765" not in text and "k-1" not in text
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert saved.tracking.uri == "https://alice:***@mlflow.example.org"
+    assert saved.cluster.additional.api_key == "***"
+    assert saved.optim.lr == cfg.optim.lr

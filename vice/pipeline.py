@@ -7,8 +7,6 @@ MLflow run id, numbered checkpoints, the final weights and the evaluation result
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +14,11 @@ import torch
 from omegaconf import OmegaConf
 
 from vice.config import Config
-from vice.hydra_schema import to_config
+from vice.hydra_schema import CONFIG_FILE, to_config
+from vice.hydra_schema import write_config as write_config  # re-exported
 from vice.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.yaml"
-
-
-def write_config(cfg: Config, run_dir: str | Path) -> Path:
-    """Writes the resolved config atomically; returns its path."""
-    path = Path(run_dir) / CONFIG_FILE
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(asdict(cfg))))
-    os.replace(tmp, path)
-    return path
 
 
 def load_config(run_dir: str | Path) -> Config:

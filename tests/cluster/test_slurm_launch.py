@@ -8,9 +8,7 @@ each test then waits for its own. Shortened smoke settings keep the file to a fe
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +17,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FORCED = os.environ.get("VICE_CLUSTER_TESTS") == "1"
 # smoke, shorter: 4 steps, a cheap probe; every part of the pipeline still runs
 FAST = (
     "experiment=smoke",
@@ -33,31 +30,6 @@ FAST = (
 TIMEOUT_S = 540
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def _cluster_problem() -> str | None:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "no SLURM here (start one: sudo python3 tools/slurm_cluster.py up --nodes 2)"
-    proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%N|%T"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return f"SLURM cluster down (sinfo: {proc.stderr.strip()})"
-    up = {
-        line.split("|")[0]
-        for line in proc.stdout.splitlines()
-        if line.split("|")[-1].rstrip("*~#") in ("idle", "mixed", "allocated", "completing")
-    }
-    if len(up) < 2:
-        return f"SLURM cluster has {len(up)} usable nodes, the tests need 2"
-    return None
-
-
-@pytest.fixture(scope="module")
-def cluster() -> None:
-    problem = _cluster_problem()
-    if problem:
-        if FORCED:
-            pytest.fail(f"VICE_CLUSTER_TESTS=1 but {problem}")
-        pytest.skip(problem)
 
 
 def _command(tmp: Path, *overrides: str) -> list[str]:

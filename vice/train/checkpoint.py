@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
 _NAME = re.compile(r"^step_(\d{9})$")
+# Fault injection: seconds to wait between writing the state and committing the checkpoint,
+# so that tests can kill a job in the middle of a write (tests/cluster/test_preemption.py).
+WRITE_DELAY_ENV = "VICE_TEST_CHECKPOINT_WRITE_DELAY_S"
 
 
 class CheckpointError(RuntimeError):
@@ -94,6 +97,7 @@ class CheckpointManager:
                 torch.save(state, f)
                 f.flush()
                 os.fsync(f.fileno())
+            time.sleep(float(os.environ.get(WRITE_DELAY_ENV) or 0))
             manifest = {
                 "step": step,
                 "time": time.time(),

@@ -1,0 +1,303 @@
+"""Preemption-proof training on the real local cluster (tools/slurm_cluster.py up --nodes 2).
+
+Every scenario trains the same 16 steps on 2 nodes as an uninterrupted reference chain and
+ends with: training completed, the chained eval ran exactly once, final weights bit-identical
+to the reference, and an MLflow history with one value per logged step equal to the
+reference's. The scenarios:
+
+- signals: preempted twice by a job of the `urgent` partition, then `scontrol requeue`d;
+- time limit: a 2-minute limit, USR2 60 s before it, requeued by submitit until done;
+- failures: killed while writing a checkpoint, a worker SIGKILLed, the newest checkpoint
+  corrupted; each time the job fails and `tools/resubmit.py` continues it.
+
+A requeued job waits on SLURM's BeginTime delay (about 2 minutes); the tests release it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from .test_slurm_launch import ROOT, _command
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+STEPS = 16
+RUN = (
+    "experiment=smoke",
+    f"trainer.max_steps={STEPS}",
+    "trainer.log_every=1",
+    "trainer.checkpoint_every=4",
+    "trainer.nodes=2",
+    "trainer.gpus_per_node=1",
+    "eval.linear_iters=20",
+    "eval.max_images=4",
+    "launch.wait=false",
+)
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+WAIT_S = 900
+
+
+class Run:
+    """One launched pretrain -> eval chain, driven by a test."""
+
+    def __init__(self, tmp: Path, *overrides: str, env: dict[str, str] | None = None) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(
+            _command(tmp, *RUN, *overrides),
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **(env or {})},
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        self.tmp = tmp
+        self.run_dir = tmp / "sweep" / "0"
+        self.pretrain = re.search(r"^  pretrain job: (\d+)", proc.stdout, re.M).group(1)
+        found = re.search(r"^  eval job: (\d+)", proc.stdout, re.M)
+        self.eval = found.group(1) if found else None
+
+    def reload_ids(self) -> None:
+        """After tools/resubmit.py: the chain's current job ids."""
+        record = json.loads((self.run_dir / "jobs.json").read_text())
+        self.pretrain = record["pretrain"]["job_id"]
+        self.eval = (record.get("eval") or {}).get("job_id")
+
+    def logs(self) -> str:
+        files = sorted((self.run_dir / "slurm").glob("*_log.*"))
+        return "".join(p.read_text(errors="replace") for p in files)
+
+    def max_step(self) -> int:
+        steps = re.findall(rf"^step (\d+)/{STEPS} ", self.logs(), re.M)
+        return max(map(int, steps), default=0)
+
+    def wait(self, what: str, predicate, timeout: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            release_begin_time([self.pretrain])
+            if predicate():
+                return
+            time.sleep(2)
+        pytest.fail(f"timed out waiting for {what}; state {state(self.pretrain)}\n"
+                    f"{self.logs()[-4000:]}")  # fmt: skip
+
+    def wait_step(self, step: int) -> None:
+        self.wait(f"step {step}", lambda: self.max_step() >= step)
+
+    def wait_running_again(self, previous_stops: int) -> None:
+        """The stop was recorded, the job requeued, and training runs again."""
+        self.wait("the stop", lambda: len(stops(self.run_dir)) > previous_stops)
+        restarted = re.compile(r"^resumed from ", re.M)
+        count = len(restarted.findall(self.logs()))
+        self.wait("the resume", lambda: len(restarted.findall(self.logs())) > count)
+
+    def wait_ended(self, job: str) -> str:
+        self.wait(f"job {job} to end", lambda: state(job) in ENDED)
+        return state(job)
+
+    def worker_pids(self) -> list[int]:
+        """The training processes (children of torchrun agents) of this run."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parent = Path(f"/proc/{ppid}/cmdline").read_bytes().decode(errors="replace")
+            except (OSError, ValueError, IndexError):
+                continue
+            if "pretrain.py" in cmd and str(self.run_dir) in cmd and "distributed.run" in parent:
+                pids.append(int(proc.name))
+        return sorted(pids)
+
+    def kill_worker(self) -> None:
+        pids = self.worker_pids()
+        assert pids, "no training process found"
+        os.kill(pids[0], signal.SIGKILL)
+
+    def resubmit(self) -> str:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "resubmit.py"), str(self.tmp / "sweep"),
+             "--job", self.pretrain],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        self.reload_ids()
+        return out.stdout
+
+    def cancel(self) -> None:
+        ids = [i for i in (self.pretrain, self.eval) if i]
+        subprocess.run(["scancel", *ids], check=False)
+
+
+def state(job: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    if out.returncode == 0 and out.stdout.strip():
+        return out.stdout.split()[0]
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-j", job, "-o", "State"], capture_output=True, text=True
+    )
+    return out.stdout.split()[0] if out.stdout.strip() else "UNKNOWN"
+
+
+def release_begin_time(jobs: list[str]) -> None:
+    """A requeued job waits ~2 min on BeginTime; the tests need not."""
+    for job in jobs:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True, text=True
+        ).stdout.strip()
+        if out == "BeginTime":
+            subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=False)
+
+
+def stops(run_dir: Path) -> list[dict]:
+    path = run_dir / "stops.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def preempt() -> str:
+    """A job in `urgent` that needs both nodes: SLURM requeues our `batch` job for it."""
+    out = subprocess.run(
+        ["sbatch", "-p", "urgent", "-N", "2", "--parsable", "--wrap", "sleep 3"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip().split(";")[0]
+
+
+def history(tmp: Path, run_dir: Path, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    return sorted(
+        (m.step, m.value)
+        for m in MlflowClient(f"sqlite:///{tmp}/mlflow.db").get_metric_history(run_id, key)
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(cluster, tmp_path_factory) -> Run:
+    run = Run(tmp_path_factory.mktemp("reference"), "eval.enabled=false")
+    try:
+        assert run.wait_ended(run.pretrain) == "COMPLETED", run.logs()[-3000:]
+    finally:
+        run.cancel()
+    return run
+
+
+def check_completed_like_reference(run: Run, reference: Run, stops_expected: int) -> None:
+    assert run.wait_ended(run.pretrain) == "COMPLETED", run.logs()[-4000:]
+    assert run.wait_ended(run.eval) == "COMPLETED", run.logs()[-4000:]
+    a = torch.load(reference.run_dir / "model_final.pt", weights_only=True)
+    b = torch.load(run.run_dir / "model_final.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    for key in ("loss", "loss_swav", "lr"):
+        ref = history(reference.tmp, reference.run_dir, key)
+        assert len(ref) == STEPS
+        assert history(run.tmp, run.run_dir, key) == ref, key
+    # the eval ran exactly once: one eval log, one value of its metrics
+    eval_logs = [
+        p for p in (run.run_dir / "slurm").glob("*_0_log.out") if "eval of " in p.read_text()
+    ]
+    assert len(eval_logs) == 1, eval_logs
+    assert len(history(run.tmp, run.run_dir, "eval.clustering.8.miou")) == 1
+    assert len(stops(run.run_dir)) == stops_expected
+
+
+def test_preempted_twice_then_requeued(reference, tmp_path):
+    run = Run(tmp_path)
+    try:
+        run.wait_step(3)
+        preempt()
+        run.wait_running_again(0)
+        run.wait_step(run.max_step() + 2)
+        preempt()
+        run.wait_running_again(1)
+        run.wait_step(run.max_step() + 2)
+        subprocess.run(["scontrol", "requeue", run.pretrain], check=True)
+        run.wait_running_again(2)
+        check_completed_like_reference(run, reference, stops_expected=3)
+        signals = [s["signal"] for s in stops(run.run_dir)]
+        assert set(signals) <= {"SIGTERM", "SIGUSR2"}, signals
+        from mlflow.tracking import MlflowClient
+
+        run_id = (run.run_dir / "mlflow_run_id").read_text().strip()
+        tags = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id).data.tags
+        assert tags["stops"] == "3" and tags["restart_count"] == "3"
+        assert re.match(r"SIG(TERM|USR2) at step \d+, 20\d\d-", tags["stop.1"])
+        assert int(tags["slurm.restart_count"]) == 3
+    finally:
+        run.cancel()
+
+
+def test_time_limit_requeues_until_done(reference, tmp_path):
+    run = Run(
+        tmp_path,
+        "cluster.time_min=2",
+        "cluster.signal_delay_s=60",
+        "trainer.checkpoint_minutes=1",
+        "trainer.max_requeues=20",
+    )
+    try:
+        run.wait("the first time-limit stop", lambda: len(stops(run.run_dir)) >= 1)
+        assert stops(run.run_dir)[0]["signal"] in ("SIGUSR2", "SIGTERM")
+        check_completed_like_reference(run, reference, stops_expected=len(stops(run.run_dir)))
+        assert "timed-out" in run.logs() or "has timed out" in run.logs()
+    finally:
+        run.cancel()
+
+
+def test_failures_resumed_by_resubmit(reference, tmp_path):
+    from vice.train.checkpoint import WRITE_DELAY_ENV
+
+    run = Run(tmp_path, env={WRITE_DELAY_ENV: "25"})
+    ckpts = run.run_dir / "checkpoints"
+    try:
+        # 1. killed while checkpoint 8 is being written: checkpoint 4 is used
+        run.wait("checkpoint 8 being written", lambda: any(ckpts.glob(".tmp-step_000000008-*")))
+        run.kill_worker()
+        assert run.wait_ended(run.pretrain) == "FAILED"
+        assert run.wait_ended(run.eval) == "CANCELLED"  # its dependency can never be met
+        out = run.resubmit()
+        assert "resubmitted" in out
+        run.wait("the resume", lambda: "resumed from" in run.logs())
+        assert f"resumed from {ckpts}/step_000000004 at step 4" in run.logs()
+
+        # 2. a worker SIGKILLed: the last periodic checkpoint (8) is used
+        run.wait("checkpoint 8", lambda: (ckpts / "step_000000008" / "manifest.json").exists())
+        run.wait_step(10)
+        run.kill_worker()
+        assert run.wait_ended(run.pretrain) == "FAILED"
+        run.resubmit()
+        run.wait("the resume", lambda: f"resumed from {ckpts}/step_000000008 " in run.logs())
+
+        # 3. the newest checkpoint corrupted: the one before is used, with a warning
+        run.wait("checkpoint 12", lambda: (ckpts / "step_000000012" / "manifest.json").exists())
+        run.wait_step(13)
+        run.kill_worker()
+        assert run.wait_ended(run.pretrain) == "FAILED"
+        state_file = ckpts / "step_000000012" / "state.pt"
+        data = bytearray(state_file.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        state_file.write_bytes(bytes(data))
+        run.resubmit()
+        check_completed_like_reference(run, reference, stops_expected=0)
+        logs = run.logs()
+        assert "checkpoint step_000000012 is unusable" in logs and "checksum mismatch" in logs
+        assert f"resumed from {ckpts}/step_000000008 at step 8" in logs
+        record = json.loads((run.run_dir / "jobs.json").read_text())
+        assert [h["pretrain"]["state"] for h in record["history"]] == ["FAILED"] * 3
+    finally:
+        run.cancel()

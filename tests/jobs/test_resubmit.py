@@ -1,0 +1,112 @@
+"""Finding job chains, their states, and what a resubmission submits (SLURM faked)."""
+
+import json
+
+import pytest
+
+from jobs import resubmit as rs
+from jobs.slurm import JobState, PretrainTask
+
+
+def _record(run_dir, pre="10", ev="11", snapshot=None):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text("{}\n")
+    snap = snapshot or run_dir.parent / "code"
+    snap.mkdir(exist_ok=True)
+    record = {
+        "run_dir": str(run_dir),
+        "snapshot": str(snap),
+        "resources": {"nodes": 2, "procs_per_node": 1},
+        "sbatch": {
+            "pretrain": {"job_name": "vice-pretrain", "nodes": 2, "additional_parameters": {}},
+            "eval": {
+                "job_name": "vice-eval",
+                "dependency": f"afterok:{pre}",
+                "additional_parameters": {"kill-on-invalid-dep": "yes"},
+            },
+        },
+        "pretrain": {"job_id": pre, "logs": []},
+        "eval": {"job_id": ev, "dependency": f"afterok:{pre}", "logs": []},
+    }
+    (run_dir / "jobs.json").write_text(json.dumps(record))
+    return run_dir / "jobs.json"
+
+
+def _query(states):
+    return lambda ids: {i: JobState(states[i]) for i in ids if i in states}
+
+
+def test_records_are_found_under_sweep_dirs_but_not_in_the_snapshot(tmp_path):
+    a = _record(tmp_path / "sweep" / "0")
+    b = _record(tmp_path / "sweep" / "1", "20", "21")
+    (tmp_path / "sweep" / "code" / "x").mkdir(parents=True)
+    (tmp_path / "sweep" / "code" / "x" / "jobs.json").write_text("{}")
+    assert rs.find_records([tmp_path]) == [a.resolve(), b.resolve()]
+    assert rs.find_records([tmp_path / "sweep" / "1"]) == [b.resolve()]
+
+
+@pytest.mark.parametrize(
+    ("pre", "ev", "action"),
+    [
+        ("RUNNING", "PENDING", None),
+        ("PENDING", "PENDING", None),
+        ("COMPLETED", "COMPLETED", None),
+        ("COMPLETED", "FAILED", "eval"),
+        ("PREEMPTED", "PENDING", "pretrain+eval"),
+        ("TIMEOUT", "CANCELLED", "pretrain+eval"),
+        ("NODE_FAIL", "CANCELLED", "pretrain+eval"),
+        ("FAILED", "CANCELLED", "pretrain+eval"),
+        ("OUT_OF_MEMORY", "CANCELLED", "pretrain+eval"),
+        ("CANCELLED", "CANCELLED", "pretrain+eval"),
+    ],
+)
+def test_what_each_state_gets(tmp_path, pre, ev, action):
+    (chain,) = rs.chain_states([_record(tmp_path / "r")], _query({"10": pre, "11": ev}))
+    assert (chain.pretrain, chain.eval) == (pre, ev)
+    assert chain.action()[0] == action
+
+
+def test_refusal_says_why(tmp_path):
+    (chain,) = rs.chain_states([_record(tmp_path / "r")], _query({"10": "RUNNING"}))
+    assert chain.action() == (None, "pretrain job 10 is RUNNING")
+    assert "none (pretrain job 10 is RUNNING)" in rs.format_table([chain])
+
+
+def test_resubmission_chains_a_new_eval_and_keeps_history(tmp_path):
+    path = _record(tmp_path / "r")
+    (chain,) = rs.chain_states([path], _query({"10": "PREEMPTED", "11": "CANCELLED"}))
+    submitted = []
+
+    def fake_submit(params, task, run_dir):
+        submitted.append((params, task))
+        return str(100 + len(submitted))
+
+    new = rs.resubmit(chain, "pretrain+eval", submit=fake_submit)
+    (_, pre_task), (ev_params, _) = submitted
+    assert isinstance(pre_task, PretrainTask) and pre_task.nnodes == 2 and pre_task.eval_follows
+    assert pre_task.run_dir == str(tmp_path / "r")
+    assert ev_params["dependency"] == "afterok:101"
+    assert ev_params["additional_parameters"]["kill-on-invalid-dep"] == "yes"
+    on_disk = json.loads(path.read_text())
+    assert on_disk == new
+    assert new["pretrain"]["job_id"] == "101" and new["eval"]["job_id"] == "102"
+    assert new["history"][0]["pretrain"] == {"job_id": "10", "state": "PREEMPTED"}
+    assert new["history"][0]["eval"] == {"job_id": "11", "state": "CANCELLED"}
+
+
+def test_eval_only_resubmission_has_no_dependency(tmp_path):
+    path = _record(tmp_path / "r")
+    (chain,) = rs.chain_states([path], _query({"10": "COMPLETED", "11": "FAILED"}))
+    submitted = []
+    new = rs.resubmit(chain, "eval", submit=lambda p, t, d: submitted.append(p) or "200")
+    assert len(submitted) == 1 and "dependency" not in submitted[0]
+    assert "kill-on-invalid-dep" not in submitted[0]["additional_parameters"]
+    assert new["pretrain"]["job_id"] == "10" and new["eval"]["job_id"] == "200"
+
+
+def test_a_lost_snapshot_is_a_clear_error(tmp_path):
+    path = _record(tmp_path / "r")
+    (chain,) = rs.chain_states([path], _query({"10": "FAILED", "11": "CANCELLED"}))
+    (tmp_path / "code").rmdir()
+    with pytest.raises(ValueError, match=r"code snapshot .* is gone"):
+        rs.resubmit(chain, "pretrain+eval", submit=lambda *a: "1")
