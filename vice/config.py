@@ -406,7 +406,9 @@ class ClusterConfig:
     constraint: str | None = None  # node features, e.g. "a100"
     cpus_per_task: int | None = None  # per node (one task per node); None: procs x (workers+1)
     additional: dict[str, Any] = field(default_factory=dict)  # other sbatch options, e.g. mail
-    signal_delay_s: int = 120  # USR2 this long before the time limit: save, requeue
+    # USR2 this long before the time limit: save, requeue. 60 s = 3 x the measured save of the
+    # published R50 model (2.4 s, bench/preemption.py) + a step + 30 s to exit, rounded up.
+    signal_delay_s: int = 60
     eval_time_min: int = 60  # eval job time limit
     eval_nodes: int = 1  # the eval runs one process; more nodes only hold resources
 

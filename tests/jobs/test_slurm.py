@@ -51,7 +51,7 @@ def test_sbatch_options_cpu_cluster(tmp_path):
         "#SBATCH --partition=batch",
         "#SBATCH --time=90",
         "#SBATCH --mem=16GB",
-        "#SBATCH --signal=USR2@120",
+        "#SBATCH --signal=USR2@60",
         "#SBATCH --account=proj",
         "#SBATCH --qos=high",
         "#SBATCH --constraint=avx2",
