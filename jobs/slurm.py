@@ -231,6 +231,13 @@ class EvalTask:
         except Exception as err:
             log(f"views figure failed: {err}")
         tracker.finish("FINISHED")
+        if cfg.tracking.enabled:
+            try:  # a sweep's parent run shows every point so far and the best one
+                from jobs.sweep_summary import update_parent_summary
+
+                update_parent_summary(self.run_dir, cfg.tracking.uri)
+            except Exception as err:
+                log(f"sweep summary not updated: {err}")
         print(format_summary(metrics), flush=True)
         log(f"metrics: {Path(self.run_dir) / 'eval' / 'metrics.json'}")
         return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}

@@ -1,0 +1,123 @@
+"""A sweep's summary on its MLflow parent run, refreshed by every eval job that finishes.
+
+The evals of a sweep finish in any order, on any node. Each one, after writing its
+`eval/metrics.json`, takes a lock in the sweep directory, reads every point's metrics and
+rewrites the summary: `sweep_summary.md` and `.csv` (one row per point) as artifacts of the
+parent run, the best point's metrics as `best.<metric>` metrics, and tags naming it. The last
+eval to finish leaves the complete table; an earlier one leaves the table so far (pending
+points are listed as such).
+
+The best point is the one with the highest `clustering.<C>.miou` at C = the number of classes
+(unsupervised segmentation's headline number), else the highest `linear.miou`.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from jobs.slurm import JOBS_FILE
+
+SUMMARY = "sweep_summary"
+LOCK = ".sweep_summary.lock"
+
+
+def primary_metric(metrics: dict[str, Any]) -> str | None:
+    key = f"clustering.{metrics.get('num_classes')}.miou"
+    if key in metrics:
+        return key
+    return "linear.miou" if "linear.miou" in metrics else None
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per point of the sweep (run dirs with a jobs.json), by job number."""
+    rows = []
+    for record_path in sorted(sweep_dir.glob(f"*/{JOBS_FILE}")):
+        record = json.loads(record_path.read_text())
+        metrics_path = record_path.parent / "eval" / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        rows.append(
+            {
+                "num": record.get("job_num"),
+                "overrides": record.get("overrides", ""),
+                "run_id": record.get("mlflow_run_id") or "",
+                "run_dir": record["run_dir"],
+                "metrics": {
+                    k: v for k, v in metrics.items() if isinstance(v, int | float) and "." in k
+                },
+                "num_classes": metrics.get("num_classes"),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["num"] is None, r["num"]))
+
+
+def best_row(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
+    scored = []
+    for row in rows:
+        key = primary_metric({**row["metrics"], "num_classes": row["num_classes"]})
+        if key is not None:
+            scored.append((row["metrics"][key], key, row))
+    if not scored:
+        return None
+    _, key, row = max(scored, key=lambda t: t[0])
+    return row, key
+
+
+def render(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """(markdown, csv) tables: one row per point, the metrics as columns (percent in md)."""
+    keys = sorted({k for r in rows for k in r["metrics"] if k.endswith((".miou", ".acc"))})
+    header = ["#", "overrides", "mlflow run", *keys]
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["num", "overrides", "run_id", "run_dir", *keys])
+    for r in rows:
+        cells = [f"{100 * r['metrics'][k]:.2f}" if k in r["metrics"] else "pending" for k in keys]
+        md.append(f"| {r['num']} | {r['overrides']} | {r['run_id']} | " + " | ".join(cells) + " |")
+        writer.writerow(
+            [r["num"], r["overrides"], r["run_id"], r["run_dir"],
+             *[r["metrics"].get(k, "") for k in keys]]
+        )  # fmt: skip
+    return "\n".join(md) + "\n", out.getvalue()
+
+
+def update_parent_summary(run_dir: str | Path, tracking_uri: str) -> dict[str, Any] | None:
+    """Refreshes the summary of the sweep `run_dir` belongs to; None when it is no sweep."""
+    from mlflow.tracking import MlflowClient
+
+    from vice.tracking import PARENT_RUN_ID_FILE
+
+    sweep_dir = Path(run_dir).parent
+    parent_file = sweep_dir / PARENT_RUN_ID_FILE
+    if not parent_file.is_file():
+        return None
+    parent = parent_file.read_text().strip()
+    client = MlflowClient(tracking_uri)
+    with open(sweep_dir / LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = collect(sweep_dir)
+        md, table = render(rows)
+        for suffix, text in ((".md", md), (".csv", table)):
+            path = sweep_dir / f"{SUMMARY}{suffix}"
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+            client.log_artifact(parent, str(path))
+        best = best_row(rows)
+        done = sum(1 for r in rows if r["metrics"])
+        tags = {"sweep.points": str(len(rows)), "sweep.evaluated": str(done)}
+        if best is not None:
+            row, key = best
+            for name, value in row["metrics"].items():
+                client.log_metric(parent, f"best.{name}", float(value), step=done)
+            tags.update(
+                {"best.metric": key, "best.run_id": row["run_id"], "best.run_dir": row["run_dir"],
+                 "best.overrides": row["overrides"]}
+            )  # fmt: skip
+        for name, value in tags.items():
+            client.set_tag(parent, name, value)
+    return {"rows": rows, "best": best[0]["num"] if best else None, "markdown": md}
