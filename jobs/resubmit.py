@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import slurm
+from jobs import slurm, watch
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
           "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}  # fmt: skip
@@ -86,7 +86,7 @@ def read_record(path: Path) -> dict[str, Any]:
 
 def chain_states(
     records: Sequence[Path],
-    query: Callable[[Sequence[str]], dict[str, slurm.JobState]] = slurm.query_states,
+    query: Callable[[Sequence[str]], dict[str, watch.JobState]] = watch.query_states,
 ) -> list[ChainStatus]:
     loaded = [(path, read_record(path)) for path in records]
     ids = []

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from jobs import resubmit as rs
-from jobs.slurm import JobState, PretrainTask
+from jobs.slurm import PretrainTask
+from jobs.watch import JobState
 
 
 def _record(run_dir, pre="10", ev="11", snapshot=None):

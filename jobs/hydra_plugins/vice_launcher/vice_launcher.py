@@ -200,7 +200,7 @@ class ViceSlurmLauncher(SlurmLauncher):
         print("dry run: nothing was submitted")
 
     def _submit(self, points: list[_Point], sweep_dir: Path, many: bool) -> None:
-        from jobs import slurm
+        from jobs import slurm, watch
         from jobs.snapshot import snapshot_code
         from vice.tracking import open_parent_run
 
@@ -237,7 +237,7 @@ class ViceSlurmLauncher(SlurmLauncher):
                 self._finish_parent(tracking, parent, "FINISHED")
             return
         try:
-            results = slurm.wait_for(chains, self.poll_s)
+            results = watch.wait_for(chains, self.poll_s)
         except KeyboardInterrupt:
             _exit(["stopped waiting; the jobs go on (squeue, scancel <job id>)"], code=130)
         failed = [num for num, ok in results.items() if not ok]
