@@ -243,12 +243,16 @@ def test_preempted_twice_then_requeued(reference, tmp_path):
 
 
 def test_time_limit_requeues_until_done(reference, tmp_path):
+    from vice.train.trainer import STEP_DELAY_ENV
+
+    # USR2 after 60 s of a 2-minute limit; 4 s more per step make 16 steps outlast that
     run = Run(
         tmp_path,
         "cluster.time_min=2",
         "cluster.signal_delay_s=60",
         "trainer.checkpoint_minutes=1",
         "trainer.max_requeues=20",
+        env={STEP_DELAY_ENV: "4"},
     )
     try:
         run.wait("the first time-limit stop", lambda: len(stops(run.run_dir)) >= 1)

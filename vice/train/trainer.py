@@ -43,6 +43,9 @@ from vice.train.stop import StopEvent, read_stops, record_stop
 log = logging.getLogger(__name__)
 
 FINAL_WEIGHTS = "model_final.pt"
+# Fault injection: seconds added to every step, so that tests can make a run outlast a short
+# SLURM time limit without changing what it computes (tests/cluster/test_preemption.py).
+STEP_DELAY_ENV = "VICE_TEST_STEP_DELAY_S"
 
 
 def configure_threads(cfg: Config, procs_per_node: int) -> None:
@@ -260,6 +263,7 @@ def train(
     last_save = time.monotonic()
     started = time.monotonic()
     rates: list[float] = []
+    step_delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
     while step < total_steps:
         tic = time.monotonic()
         for batch in loader:
@@ -277,6 +281,8 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             prototypes.normalize_()
+            if step_delay:
+                time.sleep(step_delay)
             sampler.advance(cfg.data.batch_size)
             step += 1
             skipped += int(batch["skipped"])
