@@ -10,6 +10,7 @@ from pathlib import Path
 from vice.config import Config
 from vice.pipeline import evaluate_run
 from vice.tracking import Tracker
+from vice.train.stop import read_stops
 
 JOBS = Path(__file__).resolve().parent
 
@@ -36,10 +37,21 @@ def run_local(cfg: Config, run_dir: Path, tracker: Tracker) -> dict:
     )
     env["PYTHONUNBUFFERED"] = "1"
     tracker.close()  # training's rank 0 logs into the same run meanwhile
-    proc = subprocess.run(torchrun_command(cfg, run_dir), env=env)
-    if proc.returncode != 0:
+    stops_before = len(read_stops(run_dir))
+    proc = subprocess.Popen(torchrun_command(cfg, run_dir), env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # torchrun got the Ctrl-C too and is saving: wait for it
+        code = proc.wait()  # (a second Ctrl-C ends this wait)
+    stops = read_stops(run_dir)
+    if len(stops) > stops_before:
+        raise SystemExit(
+            f"stopped by {stops[-1].signal} at step {stops[-1].step}, checkpoint saved; "
+            f"continue with: python jobs/launch.py <the same overrides> hydra.run.dir={run_dir}"
+        )
+    if code != 0:
         tracker.finish("FAILED")
-        raise SystemExit(f"pretraining failed (exit {proc.returncode}); run_dir: {run_dir}")
+        raise SystemExit(f"pretraining failed (exit {code}); run_dir: {run_dir}")
     metrics = evaluate_run(cfg, run_dir, tracker) if cfg.eval.enabled else {}
     tracker.finish("FINISHED")
     return metrics

@@ -96,3 +96,39 @@ def test_wrong_data_root_fails_before_anything_is_written(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
     run = tmp_path / "run"  # Hydra makes the directory itself; nothing may be in it
     assert not run.exists() or not any(run.iterdir())
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_the_same_run_dir_continues(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) stops training at a step boundary
+    with a checkpoint; launching again into the run directory continues it."""
+    import os
+    import signal
+    import time
+
+    overrides = ["experiment=smoke", "trainer.max_steps=8", "trainer.log_every=1",
+                 "eval.enabled=false"]  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "jobs" / "launch.py"), f"hydra.run.dir={tmp_path}/run",
+           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", *overrides]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    lines = []
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.startswith("step 2/8") or not line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=300) != 0
+    run = tmp_path / "run"
+    assert "checkpoint saved; continue with: python jobs/launch.py" in out, out[-3000:]
+    assert f"hydra.run.dir={run}" in out, out[-3000:]
+    assert not (run / "model_final.pt").exists()
+
+    again = _launch(tmp_path, *overrides)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resumed from" in again.stdout and (run / "model_final.pt").exists()
