@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from vice.config import TrackingConfig
@@ -115,3 +117,17 @@ def test_secrets_never_reach_params_or_tags(tmp_path, monkeypatch):
     text = tracker.journal.pending_path.read_text()
     assert "abc" not in text and "tok-12345" not in text and "zzz" not in text
     assert '"optim.lr": "0.3"' in text and '"host": "n1"' in text
+
+
+def test_git_info_of_a_code_snapshot_comes_from_its_manifest(tmp_path):
+    import json
+
+    from vice.tracking import git_info
+
+    (tmp_path / "SNAPSHOT.json").write_text(
+        json.dumps({"git_commit": "a" * 40, "git_dirty": "true"})
+    )
+    assert git_info(tmp_path) == {"git.commit": "a" * 40, "git.dirty": "true"}
+    # a plain directory inside some other checkout is not that checkout's code
+    inner = Path(__file__).resolve().parent
+    assert git_info(inner) == {}
