@@ -195,7 +195,7 @@ def reference(cluster, tmp_path_factory) -> Run:
     return run
 
 
-def check_completed_like_reference(run: Run, reference: Run, stops_expected: int) -> None:
+def check_completed_like_reference(run: Run, reference: Run, stops_expected: int | None) -> None:
     assert run.wait_ended(run.pretrain) == "COMPLETED", run.logs()[-4000:]
     assert run.wait_ended(run.eval) == "COMPLETED", run.logs()[-4000:]
     a = torch.load(reference.run_dir / "model_final.pt", weights_only=True)
@@ -213,7 +213,8 @@ def check_completed_like_reference(run: Run, reference: Run, stops_expected: int
     ]
     assert len(eval_logs) == 1, eval_logs
     assert len(history(run.tmp, run.run_dir, "eval.clustering.8.miou")) == 1
-    assert len(stops(run.run_dir)) == stops_expected
+    if stops_expected is not None:
+        assert len(stops(run.run_dir)) == stops_expected
 
 
 def test_preempted_twice_then_requeued(reference, tmp_path):
@@ -257,8 +258,10 @@ def test_time_limit_requeues_until_done(reference, tmp_path):
     try:
         run.wait("the first time-limit stop", lambda: len(stops(run.run_dir)) >= 1)
         assert stops(run.run_dir)[0]["signal"] in ("SIGUSR2", "SIGTERM")
-        check_completed_like_reference(run, reference, stops_expected=len(stops(run.run_dir)))
-        assert "timed-out" in run.logs() or "has timed out" in run.logs()
+        check_completed_like_reference(run, reference, stops_expected=None)
+        # as many stops as the machine's speed needed, each a time-limit signal and requeue
+        assert {s["signal"] for s in stops(run.run_dir)} <= {"SIGUSR2", "SIGTERM"}
+        assert "this job is timed-out" in run.logs()
     finally:
         run.cancel()
 
