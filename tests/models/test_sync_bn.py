@@ -16,6 +16,21 @@ def test_single_process_equals_batchnorm():
     torch.testing.assert_close(ours(x), ref(x))
 
 
+def test_conversion_keeps_the_tensors_themselves():
+    bn = nn.BatchNorm2d(3).double()
+    bn.weight.requires_grad_(False)
+    bn.eval()
+    model = nn.Sequential(nn.Conv2d(1, 3, 1), bn)
+    before = {name: t for name, t in [*bn.named_parameters(), *bn.named_buffers()]}
+    ours = convert_distributed_bn(model)[1]
+    assert isinstance(ours, DistributedBatchNorm2d) and not ours.training
+    after = dict([*ours.named_parameters(), *ours.named_buffers()])
+    assert after.keys() == before.keys()
+    assert all(after[name] is tensor for name, tensor in before.items())
+    assert ours.weight.dtype == torch.float64 and not ours.weight.requires_grad
+    assert ours.bias.requires_grad
+
+
 def _worker(rank, init, out):
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
     x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0)) * 3 + 1

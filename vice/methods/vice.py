@@ -20,13 +20,14 @@ import torch.nn.functional as F
 from vice import dist
 from vice.config import MethodConfig
 from vice.ops.pooling import pool_regions
+from vice.ops.precision import at_least_float32
 from vice.ops.queue import EmbeddingQueue
 from vice.ops.sinkhorn import sinkhorn
 
 
 def swav_cross_entropy(q_RK: torch.Tensor, scores_MRK: torch.Tensor, temperature: float):
     """Sum over predicting views m and regions r of -sum_k Q_rk log softmax(s_mr / T)_k."""
-    log_p = F.log_softmax(scores_MRK.float() / temperature, dim=-1)
+    log_p = F.log_softmax(at_least_float32(scores_MRK) / temperature, dim=-1)
     return -(q_RK.unsqueeze(0) * log_p).sum()
 
 
@@ -58,19 +59,21 @@ class ViceMethod:
 
         `terms` are this rank's shares: summed over ranks they give the global values.
 
-        The loss is normalised by the global region count (times the world size, since DDP
+        Both terms are normalised by the global region count (times the world size, since DDP
         averages gradients), so ranks holding different numbers of regions still produce the
-        gradient of the global mean.
+        gradient of the global mean: the same gradient as one process on the whole batch.
         """
         cfg = self.cfg
         views_VBCSS = batch["views"]
         ids_VBSS = batch["ids"]
         n_views, n_images = views_VBCSS.shape[:2]
-        x_NCSS = views_VBCSS.flatten(0, 1)
+        # The network's dtype (float32, or float64 in the DDP-equivalence test); autocast
+        # lowers it inside the forward.
+        x_NCSS = views_VBCSS.flatten(0, 1).to(prototypes.weight.dtype)
         device_type = x_NCSS.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             z_NDSS = model(x_NCSS)
-        z_VBDSS = z_NDSS.float().unflatten(0, (n_views, n_images))
+        z_VBDSS = at_least_float32(z_NDSS).unflatten(0, (n_views, n_images))
 
         weight_KD = prototypes.weight
         regions_VRD, coherence = pool_regions(
@@ -84,30 +87,33 @@ class ViceMethod:
         n_regions = regions_VRD.shape[1]
 
         with torch.no_grad():
-            center_RK = scores_VRK[0].detach().float()
+            center_RK = at_least_float32(scores_VRK[0].detach())
             use_queue = self.queue is not None and step >= cfg.queue_start and len(self.queue)
             if use_queue:
-                queued_MK = self.queue.tensor() @ weight_KD.detach().float().T
+                queued_MK = self.queue.tensor().to(center_RK.dtype) @ weight_KD.detach().T
                 center_RK = torch.cat([center_RK, queued_MK])
             q_RK = sinkhorn(center_RK, cfg.epsilon, cfg.sinkhorn_iterations)[:n_regions]
             if self.queue is not None:
-                self.queue.push(regions_VRD[0].detach().float())
+                self.queue.push(regions_VRD[0].detach())
 
         counts = torch.tensor([float(n_regions)], device=x_NCSS.device)
         global_regions = float(dist.all_reduce_sum(counts.clone()).item())
         world = torch.distributed.get_world_size() if dist.is_distributed() else 1
         ce_sum = swav_cross_entropy(q_RK, scores_VRK[1:], cfg.temperature)
         swav = ce_sum / ((n_views - 1) * global_regions) * world
+        # The coherence loss is this rank's mean over its V * R segments (every region has
+        # pixels in every view); reweighted by R / global R it becomes this rank's share of
+        # the mean over all segments of the global batch, like the SwAV term.
+        coherence = coherence * (n_regions / global_regions * world)
         if cfg.pooling == "representative":
             total = (cfg.coherence_weight * coherence + swav) / 2
         else:
             total = swav
         # Each rank's share of the global value: the trainer sums terms over ranks to log.
-        coherence_value = float(coherence.detach()) if torch.is_tensor(coherence) else 0.0
         terms = {
             "loss": float(total.detach()) / world,
             "loss_swav": float(swav.detach()) / world,
-            "loss_coherence": coherence_value / world,
+            "loss_coherence": float(coherence.detach()) / world,
             "regions_per_image": n_regions / n_images / world,
             "queue_used": float(bool(use_queue)) / world,
         }

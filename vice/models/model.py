@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from vice.models.backbones import DilatedResNet
 from vice.models.prototypes import Prototypes
+from vice.ops.precision import at_least_float32
 
 
 class DenseEmbeddingModel(nn.Module):
@@ -39,6 +40,9 @@ class DenseEmbeddingModel(nn.Module):
         # bits, too few for unit norms that the loss compares across views and prototypes.
         with torch.autocast(device_type=x_BCHW.device.type, enabled=False):
             y_BDHW = F.interpolate(
-                y_BDhw.float(), size=x_BCHW.shape[-2:], mode="bilinear", align_corners=False
+                at_least_float32(y_BDhw),
+                size=x_BCHW.shape[-2:],
+                mode="bilinear",
+                align_corners=False,
             )
             return F.normalize(y_BDHW, dim=1, eps=1e-12)

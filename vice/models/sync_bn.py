@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vice.ops.precision import at_least_float32
+
 
 class DistributedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose batch statistics span every rank of the default process group."""
@@ -30,7 +32,7 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
         from torch.distributed.nn.functional import all_reduce
 
         c = x_BCHW.shape[1]
-        x = x_BCHW.float()
+        x = at_least_float32(x_BCHW)  # statistics of bf16 inputs in float32; float64 stays
         # One all-reduce carries sums, squared sums and the pixel count (ranks may hold
         # different batch sizes); gradients flow back to every rank's inputs through it.
         count = x.new_full((1,), x.numel() / c)
@@ -57,7 +59,12 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_distributed_bn(module: nn.Module) -> nn.Module:
-    """Replaces every BatchNorm2d (in place, keeping parameters and buffers)."""
+    """Replaces every BatchNorm2d in place by a DistributedBatchNorm2d.
+
+    The new layer takes over the old one's parameter and buffer tensors themselves (not
+    copies), so their dtype, device, requires_grad and any references held elsewhere (an
+    optimizer built earlier) stay valid, as with torch.nn.SyncBatchNorm.convert_sync_batchnorm.
+    """
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
             new = DistributedBatchNorm2d(
@@ -66,9 +73,13 @@ def convert_distributed_bn(module: nn.Module) -> nn.Module:
                 child.momentum,
                 child.affine,
                 child.track_running_stats,
+                device="meta",  # placeholders, replaced by the child's tensors below
             )
-            new.load_state_dict(child.state_dict())
-            new.to(next(child.parameters(), child.running_mean).device)
+            for key, param in child.named_parameters(recurse=False):
+                setattr(new, key, param)
+            for key, buffer in child.named_buffers(recurse=False):
+                setattr(new, key, buffer)
+            new.train(child.training)
             setattr(module, name, new)
         else:
             convert_distributed_bn(child)

@@ -51,7 +51,8 @@ STEP_DELAY_ENV = "VICE_TEST_STEP_DELAY_S"
 def configure_threads(cfg: Config, procs_per_node: int) -> None:
     threads = cfg.trainer.threads_per_process
     if threads == 0:
-        threads = max(1, (os.cpu_count() or 1) // procs_per_node)
+        # The CPUs this process may run on (a SLURM allocation's cpuset), not the host's.
+        threads = max(1, len(os.sched_getaffinity(0)) // procs_per_node)
     torch.set_num_threads(threads)
 
 
