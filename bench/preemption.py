@@ -105,10 +105,15 @@ def cluster_requeue(workdir: Path, at_step: int = 4) -> dict[str, float]:
         signalled_at_step = max(steps())
         t_signal = time.time()
         _run("scontrol", "requeue", job, check=True)
-        while _state(job).startswith("RUNNING"):
+        # the job has exited when SLURM no longer lists it running or completing (its
+        # processes are gone): requeued, it is PENDING again
+        while _state(job).startswith(("RUNNING", "COMPLETING")):
             time.sleep(0.2)
         t_exit = time.time()
-        stops = [json.loads(x) for x in (run_dir / "stops.jsonl").read_text().splitlines()]
+        stops_file = run_dir / "stops.jsonl"
+        if not stops_file.exists():
+            raise SystemExit(f"the job exited without recording a stop: see {run_dir}/slurm")
+        stops = [json.loads(x) for x in stops_file.read_text().splitlines()]
         t_saved, stop_step = stops[0]["time"], stops[0]["step"]
         # the restart: release SLURM's BeginTime delay, then time the first resumed step
         while not _state(job).startswith("RUNNING"):
