@@ -230,7 +230,7 @@ def test_dry_run_prints_scripts_and_submits_nothing(cluster, tmp_path):
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --partition=batch",
         "#SBATCH --time=60",
-        "#SBATCH --signal=USR2@120",
+        "#SBATCH --signal=USR2@60",
         "#SBATCH --dependency='afterok:<pretrain job id>'",
         "#SBATCH --kill-on-invalid-dep=yes",
         f"#SBATCH --chdir={run_dir}",
