@@ -121,9 +121,10 @@ class Run:
                 pids.append(int(proc.name))
         return sorted(pids)
 
-    def kill_worker(self) -> None:
-        pids = self.worker_pids()
-        assert pids, "no training process found"
+    def kill_worker(self, rank: int = 0) -> None:
+        """SIGKILL the training process of global `rank` (rank 0 writes the checkpoints)."""
+        pids = [pid for pid in self.worker_pids() if _rank(pid) == rank]
+        assert pids, f"no training process of rank {rank} found"
         os.kill(pids[0], signal.SIGKILL)
 
     def resubmit(self) -> str:
@@ -139,6 +140,17 @@ class Run:
     def cancel(self) -> None:
         ids = [i for i in (self.pretrain, self.eval) if i]
         subprocess.run(["scancel", *ids], check=False)
+
+
+def _rank(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
 
 
 def state(job: str) -> str:
@@ -272,7 +284,8 @@ def test_failures_resumed_by_resubmit(reference, tmp_path):
     run = Run(tmp_path, env={WRITE_DELAY_ENV: "25"})
     ckpts = run.run_dir / "checkpoints"
     try:
-        # 1. killed while checkpoint 8 is being written: checkpoint 4 is used
+        # 1. the writer (rank 0) killed while checkpoint 8 is being written: checkpoint 4 is
+        # used. Killing another rank would let rank 0 finish the write before the step ends.
         run.wait("checkpoint 8 being written", lambda: any(ckpts.glob(".tmp-step_000000008-*")))
         run.kill_worker()
         assert run.wait_ended(run.pretrain) == "FAILED"
@@ -285,7 +298,7 @@ def test_failures_resumed_by_resubmit(reference, tmp_path):
         # 2. a worker SIGKILLed: the last periodic checkpoint (8) is used
         run.wait("checkpoint 8", lambda: (ckpts / "step_000000008" / "manifest.json").exists())
         run.wait_step(10)
-        run.kill_worker()
+        run.kill_worker(rank=1)
         assert run.wait_ended(run.pretrain) == "FAILED"
         run.resubmit()
         run.wait("the resume", lambda: f"resumed from {ckpts}/step_000000008 " in run.logs())
