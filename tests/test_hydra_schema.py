@@ -23,6 +23,20 @@ def test_compose_default_and_overrides():
         assert cfg.data.views.view_size == 400 and cfg.data.split == "train+unlabeled"
 
 
+def test_claims_recipe_is_the_local_experiment_changed_where_stated():
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        local = to_config(compose("config"))
+        claims = to_config(compose("config", ["experiment=claims"]))
+    # inherits the local experiment (trunk, decoder, data), changes the training recipe
+    assert (claims.model.backbone, claims.model.decoder, claims.model.output_stride) == (
+        local.model.backbone, local.model.decoder, local.model.output_stride)  # fmt: skip
+    assert claims.eval == local.eval and claims.data.synthetic == local.data.synthetic
+    assert (claims.optim.name, claims.optim.lr, claims.method.epsilon) == ("sgd", 0.05, 0.03)
+    assert (claims.data.views.view_size, claims.data.batch_size, claims.trainer.max_steps) == (
+        64, 8, 150)  # fmt: skip
+
+
 def test_saved_config_holds_no_secrets(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
