@@ -1,8 +1,8 @@
 """The paper's claims, measured at small scale on the synthetic scenes.
 
 Each variant is pretrained from the same seed on the same data order with
-conf/experiment/claims.yaml (the local experiment tuned so that it learns from scratch on 2
-CPU cores; --steps overrides its 150 steps), then evaluated by k-means at C = number of
+the default local experiment (conf/experiment/local.yaml, tuned so that it learns from
+scratch on 2 CPU cores; --steps overrides its 150 steps), then evaluated by k-means at C = number of
 classes (Hungarian matching) and over-clustering, on the same eval images:
 
   (a) trained ViCE  vs  a randomly initialised network  vs  k-means on raw colours
@@ -55,7 +55,7 @@ CLAIMS = {
 
 def config(overrides: list[str], steps: int | None) -> Config:
     register()
-    fixed = ["experiment=claims", "tracking.enabled=false"]
+    fixed = ["experiment=local", "tracking.enabled=false"]
     if steps is not None:
         fixed.append(f"trainer.max_steps={steps}")
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

@@ -18,23 +18,21 @@ def test_compose_default_and_overrides():
     register()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = to_config(compose("config"))
-        assert cfg.data.dataset == "synthetic" and cfg.data.views.view_size == 96
+        assert cfg.data.dataset == "synthetic" and cfg.data.views.view_size == 64
         cfg = to_config(compose("config", ["data=coco", "data.root=/x"]))
         assert cfg.data.views.view_size == 400 and cfg.data.split == "train+unlabeled"
 
 
-def test_claims_recipe_is_the_local_experiment_changed_where_stated():
+def test_local_experiment_is_the_recipe_that_learns_at_cpu_scale():
     register()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        local = to_config(compose("config"))
-        claims = to_config(compose("config", ["experiment=claims"]))
-    # inherits the local experiment (trunk, decoder, data), changes the training recipe
-    assert (claims.model.backbone, claims.model.decoder, claims.model.output_stride) == (
-        local.model.backbone, local.model.decoder, local.model.output_stride)  # fmt: skip
-    assert claims.eval == local.eval and claims.data.synthetic == local.data.synthetic
-    assert (claims.optim.name, claims.optim.lr, claims.method.epsilon) == ("sgd", 0.05, 0.03)
-    assert (claims.data.views.view_size, claims.data.batch_size, claims.trainer.max_steps) == (
-        64, 8, 150)  # fmt: skip
+        cfg = to_config(compose("config"))
+    # the values bench/claims.py and the README's claims table were measured with
+    assert (cfg.model.backbone, cfg.model.decoder, cfg.model.num_prototypes) == (
+        "resnet18", "fpn", 16)  # fmt: skip
+    assert (cfg.optim.name, cfg.optim.lr, cfg.method.epsilon, cfg.method.queue_length) == (
+        "sgd", 0.05, 0.03, 0)  # fmt: skip
+    assert (cfg.data.views.view_size, cfg.data.batch_size, cfg.trainer.max_steps) == (64, 8, 150)
 
 
 def test_saved_config_holds_no_secrets(tmp_path, monkeypatch):
