@@ -1,9 +1,9 @@
 """The paper's claims, measured at small scale on the synthetic scenes.
 
-Each variant is pretrained from the same seed on the same data order with
-the default local experiment (conf/experiment/local.yaml, tuned so that it learns from
-scratch on 2 CPU cores; --steps overrides its 150 steps), then evaluated by k-means at C = number of
-classes (Hungarian matching) and over-clustering, on the same eval images:
+Each variant is pretrained from the same seed on the same data order with the default local
+experiment (conf/experiment/local.yaml, tuned so that it learns from scratch on 2 CPU cores;
+--steps overrides its 150 steps), then evaluated by k-means at C = number of classes
+(Hungarian matching) and over-clustering, on the same eval images:
 
   (a) trained ViCE  vs  a randomly initialised network  vs  k-means on raw colours
   (b) SLIC superpixels  vs  the regular grid of the same cell size

@@ -105,9 +105,9 @@ class Run:
         self.wait(f"job {job} to end", lambda: state(job) in ENDED)
         return state(job)
 
-    def worker_pids(self) -> list[int]:
-        """The training processes (children of torchrun agents) of this run."""
-        pids = []
+    def workers(self) -> dict[int, int]:
+        """Global rank -> pid of this run's training processes (children of torchrun agents)."""
+        found = {}
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -115,17 +115,20 @@ class Run:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
                 ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 parent = Path(f"/proc/{ppid}/cmdline").read_bytes().decode(errors="replace")
+                env = (proc / "environ").read_bytes().split(b"\0")
             except (OSError, ValueError, IndexError):
                 continue
             if "pretrain.py" in cmd and str(self.run_dir) in cmd and "distributed.run" in parent:
-                pids.append(int(proc.name))
-        return sorted(pids)
+                rank = next((int(e[5:]) for e in env if e.startswith(b"RANK=")), None)
+                if rank is not None:
+                    found[rank] = int(proc.name)
+        return found
 
     def kill_worker(self, rank: int = 0) -> None:
         """SIGKILL the training process of global `rank` (rank 0 writes the checkpoints)."""
-        pids = [pid for pid in self.worker_pids() if _rank(pid) == rank]
-        assert pids, f"no training process of rank {rank} found"
-        os.kill(pids[0], signal.SIGKILL)
+        pid = self.workers().get(rank)
+        assert pid, f"no training process of rank {rank} found"
+        os.kill(pid, signal.SIGKILL)
 
     def resubmit(self) -> str:
         out = subprocess.run(
@@ -140,17 +143,6 @@ class Run:
     def cancel(self) -> None:
         ids = [i for i in (self.pretrain, self.eval) if i]
         subprocess.run(["scancel", *ids], check=False)
-
-
-def _rank(pid: int) -> int | None:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for item in env:
-        if item.startswith(b"RANK="):
-            return int(item[5:])
-    return None
 
 
 def state(job: str) -> str:
