@@ -1,0 +1,42 @@
+"""A trained model's trunk features as a dense embedding, for evaluating them like one.
+
+Shape legend: B batch, C input channels (3), H/W input height/width, F channels of the chosen
+trunk layer.
+
+The clustering protocol of the papers runs k-means on the final embedding. Evaluating a trunk
+layer through the same path shows where in the network the learned information sits; at small
+scale (bench/claims.py) the trunk's layer2 clusters the synthetic textures better than the
+embedding built on top of it.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vice.models.backbones import FEATURE_NAMES
+
+
+class TrunkLayer(nn.Module):
+    """`model.backbone(x)[layer]`, upsampled to the input size and L2-normalised.
+
+    Args:
+        model: a dense model with a `backbone` returning the layer1..layer4 feature dict.
+        layer: one of "layer1".."layer4".
+
+    Raises:
+        ValueError: unknown layer name (the message lists the allowed ones).
+    """
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        super().__init__()
+        if layer not in FEATURE_NAMES:
+            raise ValueError(f"unknown trunk layer {layer!r}; one of {list(FEATURE_NAMES)}")
+        self.backbone = model.backbone
+        self.layer = layer
+
+    def forward(self, x_BCHW: Tensor) -> Tensor:
+        """Returns f_BFHW: unit-norm (along F) trunk features of every input pixel, float32."""
+        f_BFhw = self.backbone(x_BCHW)[self.layer].float()
+        f_BFHW = F.interpolate(f_BFhw, size=x_BCHW.shape[-2:], mode="bilinear", align_corners=False)
+        return F.normalize(f_BFHW, dim=1, eps=1e-12)
