@@ -11,10 +11,10 @@ embedding built on top of it.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vice.models.backbones import FEATURE_NAMES
+from vice.models.model import upsample_unit
 
 
 class TrunkLayer(nn.Module):
@@ -37,6 +37,4 @@ class TrunkLayer(nn.Module):
 
     def forward(self, x_BCHW: Tensor) -> Tensor:
         """Returns f_BFHW: unit-norm (along F) trunk features of every input pixel, float32."""
-        f_BFhw = self.backbone(x_BCHW)[self.layer].float()
-        f_BFHW = F.interpolate(f_BFhw, size=x_BCHW.shape[-2:], mode="bilinear", align_corners=False)
-        return F.normalize(f_BFHW, dim=1, eps=1e-12)
+        return upsample_unit(self.backbone(x_BCHW)[self.layer], x_BCHW.shape[-2:])

@@ -35,14 +35,17 @@ class DenseEmbeddingModel(nn.Module):
 
     def forward(self, x_BCHW: Tensor) -> Tensor:
         """Returns z_BDHW: unit-norm (along D) embeddings of every input pixel, float32."""
-        y_BDhw = self.decoder(self.backbone(x_BCHW))
-        # Upsample and normalise in float32 even under bf16 autocast: bf16 keeps 8 mantissa
-        # bits, too few for unit norms that the loss compares across views and prototypes.
-        with torch.autocast(device_type=x_BCHW.device.type, enabled=False):
-            y_BDHW = F.interpolate(
-                at_least_float32(y_BDhw),
-                size=x_BCHW.shape[-2:],
-                mode="bilinear",
-                align_corners=False,
-            )
-            return F.normalize(y_BDHW, dim=1, eps=1e-12)
+        return upsample_unit(self.decoder(self.backbone(x_BCHW)), x_BCHW.shape[-2:])
+
+
+def upsample_unit(y_BDhw: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """Bilinear upsampling of (B, D, h, w) features to `size` (H, W), then unit norm along D.
+
+    Runs in float32 even under bf16 autocast: bf16 keeps 8 mantissa bits, too few for unit
+    norms that the loss compares across views and prototypes.
+    """
+    with torch.autocast(device_type=y_BDhw.device.type, enabled=False):
+        y_BDHW = F.interpolate(
+            at_least_float32(y_BDhw), size=tuple(size), mode="bilinear", align_corners=False
+        )
+        return F.normalize(y_BDHW, dim=1, eps=1e-12)
