@@ -212,6 +212,9 @@ class ModelConfig:
     backbone: str = "resnet50"  # dilated torchvision ResNet: resnet18 / resnet50 / resnet101
     output_stride: int = 8  # 8 (layer3/4 dilated 2/4) or 16 (layer4 dilated 2)
     decoder: str = "deeplabv3plus"  # or "fpn" (PiCIE-style)
+    # FPN only: L2-normalise every lateral before the top-down sum (not in PiCIE / ViCE), so no
+    # level dominates the sum by activation scale alone; see FPNDecoder.
+    fpn_normalize_laterals: bool = False
     embed_dim: int = 128
     num_prototypes: int = 128  # K (published: 128 DeepLab, 27 FPN)
     aspp_rates: list[int] = field(default_factory=lambda: [12, 24, 36])  # at output stride 8
@@ -226,6 +229,13 @@ class ModelConfig:
             raise _fail(f"{prefix}.output_stride", self.output_stride, "8 or 16")
         if self.decoder not in DECODERS:
             raise _fail(f"{prefix}.decoder", self.decoder, f"one of {list(DECODERS)}")
+        if self.fpn_normalize_laterals and self.decoder != "fpn":
+            raise _fail(
+                f"{prefix}.fpn_normalize_laterals",
+                self.fpn_normalize_laterals,
+                f"only the fpn decoder has laterals (model.decoder={self.decoder!r}); "
+                "set it to false or use model.decoder=fpn",
+            )
         _check_range(f"{prefix}.embed_dim", self.embed_dim, 2)
         _check_range(f"{prefix}.num_prototypes", self.num_prototypes, 2)
         if len(self.aspp_rates) != 3 or min(self.aspp_rates) < 1:

@@ -89,3 +89,42 @@ def test_fpn_is_a_top_down_sum_of_laterals() -> None:
     p2 = lat["layer2"] + up(p3, lat["layer2"])
     p1 = lat["layer1"] + up(p2, lat["layer1"])
     torch.testing.assert_close(head(features), head.head(p1))
+
+
+def test_fpn_normalized_laterals_share_the_sum_equally() -> None:
+    channels, features = fake_features("resnet18", 16, 65, 97)
+    plain = FPNDecoder(channels, 16)
+    normed = FPNDecoder(channels, 16, normalize_laterals=True)
+    normed.load_state_dict(plain.state_dict())  # same weights, only the sum differs
+
+    def up(x, ref):
+        return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+
+    lat = {k: F.normalize(normed.laterals[k](v), dim=1) for k, v in features.items()}
+    p3 = lat["layer3"] + up(lat["layer4"], lat["layer3"])
+    p2 = lat["layer2"] + up(p3, lat["layer2"])
+    p1 = lat["layer1"] + up(p2, lat["layer1"])
+    torch.testing.assert_close(normed(features), normed.head(p1))
+
+    # Scaling one level's lateral (weight and bias) by 1000 would let it swamp the plain sum;
+    # the normalised sum does not change.
+    before_plain, before_normed = plain(features), normed(features)
+    with torch.no_grad():
+        for head in (plain, normed):
+            head.laterals["layer4"].weight.mul_(1000.0)
+            head.laterals["layer4"].bias.mul_(1000.0)
+    torch.testing.assert_close(normed(features), before_normed)
+    assert (plain(features) - before_plain).abs().max() > 1.0
+
+
+def test_fpn_normalize_laterals_comes_from_the_config() -> None:
+    channels, _ = fake_features("resnet18", 16, 32, 32)
+    cfg = ModelConfig(backbone="resnet18", decoder="fpn", fpn_normalize_laterals=True)
+    assert DECODERS["fpn"](cfg, channels).normalize_laterals is True
+    assert DECODERS["fpn"](ModelConfig(decoder="fpn"), channels).normalize_laterals is False
+
+
+def test_fpn_normalize_laterals_needs_the_fpn_decoder() -> None:
+    cfg = ModelConfig(decoder="deeplabv3plus", fpn_normalize_laterals=True)
+    with pytest.raises(ValueError, match=r"model\.fpn_normalize_laterals=True: only the fpn"):
+        cfg.validate()

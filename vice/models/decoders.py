@@ -131,24 +131,43 @@ class FPNDecoder(nn.Module):
     As in PiCIE the laterals have bias and no normalisation or activation; the final 1x1 conv
     only maps F = 128 channels to embed_dim (for D = 128 it is a re-parametrisation).
 
+    With `normalize_laterals` every lateral is L2-normalised per pixel before the sum (our
+    option, not PiCIE's). Without it the sum is dominated by whichever level has the largest
+    activations; from random init those are the coarse layer3/layer4 laterals (more input
+    channels), and on the synthetic scenes the embedding then clustered no better than raw
+    colour while layer2 alone did (bench/claims.py, README). Normalised, each level holds an
+    equal share of every pixel's embedding.
+
     Args:
         channels: trunk channels per feature name (layer1..layer4).
         embed_dim: D, channels of the output embedding.
         dim: F, the lateral width.
+        normalize_laterals: unit-norm (along F) laterals before the top-down sum.
     """
 
-    def __init__(self, channels: Mapping[str, int], embed_dim: int, dim: int = FPN_DIM) -> None:
+    def __init__(
+        self,
+        channels: Mapping[str, int],
+        embed_dim: int,
+        dim: int = FPN_DIM,
+        normalize_laterals: bool = False,
+    ) -> None:
         super().__init__()
         self.names = ("layer4", "layer3", "layer2", "layer1")  # coarse to fine
         self.laterals = nn.ModuleDict({n: nn.Conv2d(channels[n], dim, 1) for n in self.names})
         self.head = nn.Conv2d(dim, embed_dim, 1)
+        self.normalize_laterals = normalize_laterals
         _init_weights(self)
+
+    def _lateral(self, name: str, x_BChw: Tensor) -> Tensor:
+        y_BFhw = self.laterals[name](x_BChw)
+        return F.normalize(y_BFhw, dim=1) if self.normalize_laterals else y_BFhw
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
         """Trunk features -> (B, D, h1, w1)."""
-        y_BFhw = self.laterals["layer4"](features["layer4"])
+        y_BFhw = self._lateral("layer4", features["layer4"])
         for name in self.names[1:]:
-            lateral_BFhw = self.laterals[name](features[name])
+            lateral_BFhw = self._lateral(name, features[name])
             y_BFhw = lateral_BFhw + _resize(y_BFhw, tuple(lateral_BFhw.shape[-2:]))
         return self.head(y_BFhw)
 
@@ -170,8 +189,8 @@ def build_deeplabv3plus(cfg: ModelConfig, channels: Mapping[str, int]) -> DeepLa
 
 
 def build_fpn(cfg: ModelConfig, channels: Mapping[str, int]) -> FPNDecoder:
-    """PiCIE-style FPN decoder for `cfg` (embed_dim)."""
-    return FPNDecoder(channels, cfg.embed_dim)
+    """PiCIE-style FPN decoder for `cfg` (embed_dim, fpn_normalize_laterals)."""
+    return FPNDecoder(channels, cfg.embed_dim, normalize_laterals=cfg.fpn_normalize_laterals)
 
 
 DECODERS: dict[str, Callable[[ModelConfig, Mapping[str, int]], nn.Module]] = {
