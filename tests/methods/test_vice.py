@@ -41,8 +41,8 @@ def test_loss_uses_center_targets_and_other_views_predictions():
         scores = regions @ model.prototypes.weight.T
         q = sinkhorn(scores[0], 0.05, 3)
         per_view = [-(q * F.log_softmax(scores[m] / 0.1, -1)).sum(-1).mean() for m in (1, 2)]
-    assert float(loss) == pytest.approx(float(sum(per_view) / 2), rel=1e-5)
-    assert terms["loss"] == pytest.approx(float(loss), rel=1e-6)
+    assert loss.item() == pytest.approx(float(sum(per_view) / 2), rel=1e-5)
+    assert terms["loss"] == pytest.approx(loss.item(), rel=1e-6)
     assert terms["regions_per_image"] == pytest.approx(float(batch["num_regions"].float().mean()))
 
 
@@ -82,5 +82,5 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
         loss.backward()
         opt.step()
         model.prototypes.normalize_()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
