@@ -35,7 +35,8 @@ from hydra import compose, initialize_config_dir
 from vice.config import Config
 from vice.data.datasets import build_source
 from vice.eval.baselines import raw_colour_features
-from vice.eval.evaluate import evaluate
+from vice.eval.evaluate import evaluate_features
+from vice.eval.features import extract_features, load_eval_set
 from vice.eval.trunk import TrunkLayer
 from vice.hydra_schema import register, to_config
 from vice.models import build_model
@@ -74,21 +75,42 @@ def config(overrides: list[str], steps: int | None, eval_images: int) -> Config:
         return to_config(compose("config", [*fixed, *overrides]))
 
 
-def eval_with(cfg: Config, out: Path, model=None, features_fn=None) -> dict:
-    ev = build_source(cfg.data, split=cfg.data.eval_split, labels=True)
-    cfg.eval.linear = False  # clustering is what the claims are about; the probe is slow on CPU
-    return evaluate(
-        model,
-        ev,
-        None,
-        cfg.eval,
-        cfg.data.views.mean,
-        cfg.data.views.std,
-        torch.device("cpu"),
-        out,
-        amp=False,
-        features_fn=features_fn,
-    )
+class EvalSet:
+    """The eval images and labels, loaded once and clustered for every network.
+
+    Every variant shares the eval data and eval settings of the base config (variants change
+    training only), so the synthetic images are generated once instead of per evaluation.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        source = build_source(cfg.data, split=cfg.data.eval_split, labels=True)
+        self.images, self.labels = load_eval_set(source, cfg.eval.image_size, cfg.eval.max_images)
+        self.num_classes = source.num_classes
+        self.class_names = source.class_names
+        self.cfg = cfg
+
+    def evaluate(self, out: Path, model=None, features_fn=None) -> dict:
+        """Clustering metrics of `model`'s embedding (or of `features_fn(images)`) in `out`.
+
+        No linear probe: clustering is what the claims are about, and the probe is slow on CPU.
+        """
+        mean, std = self.cfg.data.views.mean, self.cfg.data.views.std
+        if features_fn is None:
+            feats = extract_features(
+                model, self.images, mean, std, self.cfg.eval.batch_size, "cpu", amp=False
+            )
+        else:
+            feats = features_fn(self.images)
+        return evaluate_features(
+            feats,
+            self.labels,
+            self.images,
+            self.num_classes,
+            self.cfg.eval,
+            torch.device("cpu"),
+            out,
+            class_names=self.class_names,
+        )
 
 
 def main() -> None:
@@ -109,19 +131,18 @@ def main() -> None:
     results: dict[str, dict] = {}
     base = config([], args.steps, args.eval_images)
     classes = base.data.synthetic.num_classes
+    eval_set = EvalSet(base)
 
     if "a" in args.only:
         torch.manual_seed(base.trainer.seed)
         random_model = build_model(base.model).eval()
-        results["random_init"] = eval_with(base, out / "random_init", model=random_model)
+        results["random_init"] = eval_set.evaluate(out / "random_init", model=random_model)
         if args.trunk_layer:
-            results[f"random_init/{args.trunk_layer}"] = eval_with(
-                base,
+            results[f"random_init/{args.trunk_layer}"] = eval_set.evaluate(
                 out / f"random_init_{args.trunk_layer}",
                 TrunkLayer(random_model, args.trunk_layer),
             )
-        results["raw_colour"] = eval_with(
-            base,
+        results["raw_colour"] = eval_set.evaluate(
             out / "raw_colour",
             features_fn=lambda im: raw_colour_features(
                 im, base.data.views.mean, base.data.views.std
@@ -135,10 +156,10 @@ def main() -> None:
             train(cfg, run_dir)
         model = build_model(cfg.model)
         model.load_state_dict(torch.load(run_dir / "model_final.pt", weights_only=True))
-        results[name] = eval_with(cfg, run_dir / "eval", model=model.eval())
+        results[name] = eval_set.evaluate(run_dir / "eval", model=model.eval())
         if args.trunk_layer:
-            results[f"{name}/{args.trunk_layer}"] = eval_with(
-                cfg, run_dir / f"eval_{args.trunk_layer}", TrunkLayer(model, args.trunk_layer)
+            results[f"{name}/{args.trunk_layer}"] = eval_set.evaluate(
+                run_dir / f"eval_{args.trunk_layer}", TrunkLayer(model, args.trunk_layer)
             )
         print(f"[{name}] trained + evaluated in {time.monotonic() - tic:.0f} s", flush=True)
 
