@@ -11,6 +11,10 @@ experiment (conf/experiment/local.yaml, tuned so that it learns from scratch on 
   (d) mean pooling  vs  representative-pixel pooling (+ coherence)
 
     python bench/claims.py [--steps 150] [--only a,b,c,d] [--eval-images 256] [--out bench_claims]
+                           [KEY=VALUE ...]
+
+Trailing Hydra overrides apply to every variant and to the baselines (for example
+`data.num_workers=8` on a bigger machine, or `trainer.device=cpu`).
 
 Every network is clustered twice: on its embedding (the papers' protocol) and on one trunk
 layer (--trunk-layer, default layer2; rows "<variant>/layer2"), which shows where the learned
@@ -124,12 +128,13 @@ def main() -> None:
         help="also cluster this trunk layer of every network ('' to skip)",
     )
     p.add_argument("--out", default="bench_claims")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every variant")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     wanted = sorted({v for c in args.only.split(",") for v in CLAIMS[c]}, key=list(VARIANTS).index)
     results: dict[str, dict] = {}
-    base = config([], args.steps, args.eval_images)
+    base = config(args.overrides, args.steps, args.eval_images)
     classes = base.data.synthetic.num_classes
     eval_set = EvalSet(base)
 
@@ -149,7 +154,7 @@ def main() -> None:
             ),
         )
     for name in wanted:
-        cfg = config(VARIANTS[name], args.steps, args.eval_images)
+        cfg = config([*args.overrides, *VARIANTS[name]], args.steps, args.eval_images)
         run_dir = out / name
         tic = time.monotonic()
         if not (run_dir / "model_final.pt").is_file():

@@ -31,8 +31,9 @@ from vice.models import build_model
 from vice.train.optim import build_optimizer
 
 
-def make_batch(views: int, images: int, size: int) -> dict:
+def make_batch(views: int, images: int, size: int, superpixels: str = "slic") -> dict:
     cfg = DataConfig()
+    cfg.superpixels.method = superpixels
     cfg.synthetic.size = max(128, size)
     cfg.views.short_side = max(128, size)
     cfg.views.view_size = size
@@ -89,11 +90,15 @@ def main() -> None:
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--backbones", default="resnet18,resnet50")
+    # grid: same region count and shapes for the step, where fast-slic cannot be built
+    p.add_argument("--superpixels", default="slic", choices=["slic", "grid"])
+    p.add_argument("--devices", default="cpu,cuda", help="cuda is skipped when absent")
     args = p.parse_args()
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available():
+    wanted = args.devices.split(",")
+    devices = [torch.device("cpu")] if "cpu" in wanted else []
+    if "cuda" in wanted and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
-    batch = make_batch(args.views, args.images, args.size)
+    batch = make_batch(args.views, args.images, args.size, args.superpixels)
     print(
         f"batch: {args.images} images x {args.views} views of {args.size}px, "
         f"{int(batch['num_regions'].sum())} regions; threads={torch.get_num_threads()}"
@@ -102,10 +107,11 @@ def main() -> None:
         f"{'device':28s} {'backbone':10s} {'img/s':>8s} {'views/s':>8s} {'ms/step':>8s} "
         f"{'trunk ms':>9s} {'overhead':>9s} {'peak MB':>8s}"
     )
+    per_s = {}
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         if device.type == "cuda" and args.size < 224:
-            batch = make_batch(args.views, args.images * 8, max(args.size, 224))
+            batch = make_batch(args.views, args.images * 8, max(args.size, 224), args.superpixels)
         for backbone in args.backbones.split(","):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -118,7 +124,9 @@ def main() -> None:
                 f"{name[:28]:28s} {backbone:10s} {images / full:8.2f} {views / full:8.2f} "
                 f"{full * 1e3:8.1f} {trunk * 1e3:9.1f} {full / trunk:8.2f}x {mem:8.0f}"
             )
-    print(f"images_per_s_cpu={batch['views'].shape[1] / full:.2f}")
+            per_s.setdefault(device.type, images / full)  # the first backbone's
+    for kind, value in per_s.items():
+        print(f"images_per_s_{kind}={value:.2f}")
 
 
 if __name__ == "__main__":
