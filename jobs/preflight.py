@@ -7,10 +7,13 @@ captured text without a cluster.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
+import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +34,65 @@ def _fail(key: str, value: object, fix: str) -> ValueError:
     return ValueError(_message(key, value, fix))
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+# One small SLIC, as a data loader worker would compute it.
+SLIC_PROBE = (
+    "import numpy as np; from vice.data.superpixels import slic_superpixels; "
+    "img = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8); "
+    "assert slic_superpixels(img, 8).max() > 0"
+)
+FAST_SLIC_REINSTALL = (
+    "pip install cython numpy setuptools wheel && pip install --no-build-isolation "
+    "--force-reinstall --no-cache-dir --no-deps fast-slic==0.4.0"
+)
+
+
+@functools.lru_cache(maxsize=4)
+def slic_problem(python: str = sys.executable, probe: str = SLIC_PROBE) -> str | None:
+    """What goes wrong when `python` computes SLIC superpixels, or None when it works.
+
+    fast-slic is a C++ extension built from source on each machine. A bad build segfaults on
+    its first image (seen on a Python 3.12 GPU image); inside a job that surfaces only as
+    "DataLoader worker ... killed by signal: Segmentation fault" after the job has started, so
+    the probe runs in a child process before anything is submitted. Cached: once per sweep.
+    """
+    try:
+        proc = subprocess.run(
+            [python, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        return "hung for 120 s on a 48x48 image"
+    if proc.returncode == 0:
+        return None
+    if proc.returncode < 0:
+        return f"crashed with {signal.Signals(-proc.returncode).name} on a 48x48 image"
+    lines = proc.stderr.strip().splitlines()
+    return f"failed: {lines[-1] if lines else f'exit code {proc.returncode}'}"
+
+
+def check_superpixels(config: Config) -> None:
+    """Raises when the configured superpixels cannot be computed by this Python."""
+    if config.data.superpixels.method != "slic":
+        return
+    problem = slic_problem()
+    if problem:
+        raise _fail(
+            "data.superpixels.method",
+            "slic",
+            f"fast-slic {problem} under {sys.executable}; rebuild it there "
+            f"({FAST_SLIC_REINSTALL}) or use data.superpixels.method=grid (the ablation, not "
+            "ViCE)",
+        )
+
+
 def check_data(config: Config) -> None:
     """Opens every data source the job will use, so a wrong root fails before anything is
-    written or tracked (the error names the path and the expected layout)."""
+    written or tracked (the error names the path and the expected layout), and computes one
+    small set of superpixels the way the loader will (check_superpixels)."""
     from vice.data.datasets import build_source
 
+    check_superpixels(config)
     build_source(config.data)
     if config.eval.enabled:
         build_source(config.data, split=config.data.eval_split, labels=True)

@@ -1,6 +1,7 @@
 """`python jobs/launch.py` end to end: pretrain (torchrun) -> evaluate -> MLflow."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _launch(tmp_path, *overrides, timeout=600):
+def _launch(tmp_path, *overrides, timeout=600, env=None):
     return subprocess.run(
         [
             sys.executable,
@@ -23,6 +24,7 @@ def _launch(tmp_path, *overrides, timeout=600):
         text=True,
         timeout=timeout,
         cwd=tmp_path,
+        env=env,
     )
 
 
@@ -95,6 +97,31 @@ def test_wrong_data_root_fails_before_anything_is_written(tmp_path):
     assert "Expected layout" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
     run = tmp_path / "run"  # Hydra makes the directory itself; nothing may be in it
+    assert not run.exists() or not any(run.iterdir())
+
+
+def test_crashing_fast_slic_fails_before_anything_is_written(tmp_path):
+    # A fast_slic package that segfaults on its first image, as a bad build does: found by the
+    # preflight probe, not by a data loader worker after the job started.
+    fake = tmp_path / "site" / "fast_slic"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import os, signal\n"
+        "class Slic:\n"
+        "    def __init__(self, **kwargs): pass\n"
+        "    def iterate(self, image, max_iter=10): os.kill(os.getpid(), signal.SIGSEGV)\n"
+    )
+    (fake / "avx2.py").write_text("raise ImportError('no AVX2 build')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(ROOT)])}
+    proc = _launch(tmp_path, "experiment=smoke", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "invalid config value data.superpixels.method='slic': fast-slic crashed with SIGSEGV "
+        "on a 48x48 image" in proc.stderr
+    )
+    assert "or use data.superpixels.method=grid" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    run = tmp_path / "run"
     assert not run.exists() or not any(run.iterdir())
 
 

@@ -1,15 +1,20 @@
 """Pre-flight checks against captured `sinfo` text: exact error texts, no cluster needed."""
 
+import sys
+
 import pytest
 
+import jobs.preflight
 from jobs.preflight import (
     check_cluster,
     check_data,
     check_output_dir,
+    check_superpixels,
     parse_gpus,
     parse_sinfo,
     parse_time_limit,
     resolve_partition,
+    slic_problem,
 )
 from vice.hydra_schema import to_config
 
@@ -185,3 +190,32 @@ def test_output_dir(tmp_path):
 def test_missing_data_root(tmp_path):
     with pytest.raises(ValueError, match=f"COCO data set at '{tmp_path}/nothere'"):
         check_data(cfg(data={"dataset": "coco", "root": str(tmp_path / "nothere")}))
+
+
+def test_slic_probe_passes_with_the_installed_fast_slic():
+    assert slic_problem() is None
+    check_data(cfg())  # the default (synthetic, slic) job passes every data check
+
+
+def test_slic_probe_names_a_crash_and_a_failure():
+    segfault = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    assert slic_problem(sys.executable, segfault) == "crashed with SIGSEGV on a 48x48 image"
+    missing = "import fast_slic_not_installed"
+    assert slic_problem(sys.executable, missing) == (
+        "failed: ModuleNotFoundError: No module named 'fast_slic_not_installed'"
+    )
+
+
+def test_check_superpixels_error_names_key_and_fixes(monkeypatch):
+    monkeypatch.setattr(jobs.preflight, "slic_problem", lambda: "crashed with SIGSEGV on x")
+    with pytest.raises(ValueError) as err:
+        check_superpixels(cfg())
+    text = str(err.value)
+    assert text.startswith(
+        "invalid config value data.superpixels.method='slic': fast-slic crashed with SIGSEGV "
+        f"on x under {sys.executable}; rebuild it there (pip install cython"
+    )
+    assert "--no-build-isolation" in text
+    assert text.endswith("or use data.superpixels.method=grid (the ablation, not ViCE)")
+    # The grid needs no fast-slic: no probe, no error.
+    check_superpixels(cfg(data={"superpixels": {"method": "grid"}}))
