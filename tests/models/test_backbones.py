@@ -173,3 +173,21 @@ def test_unknown_backbone_and_stride() -> None:
         build_backbone("resnet34")
     with pytest.raises(ValueError, match="output_stride"):
         build_backbone("resnet18", 32)
+
+
+def test_until_stops_after_the_named_layer_with_the_same_values() -> None:
+    torch.manual_seed(0)
+    trunk = build_backbone("resnet18", output_stride=16).eval()
+    x = torch.randn(1, 3, 32, 32)
+    calls: list[str] = []
+    for name in FEATURE_NAMES:
+        getattr(trunk, name).register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    with torch.no_grad():
+        full = trunk(x)
+        calls.clear()
+        early = trunk(x, until="layer2")
+    assert list(early) == ["layer1", "layer2"]
+    assert calls == ["layer1", "layer2"]  # layer3 and layer4 never ran
+    torch.testing.assert_close(early["layer2"], full["layer2"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"unknown trunk layer 'layer9'; one of \['layer1'"):
+        trunk(x, until="layer9")

@@ -37,4 +37,5 @@ class TrunkLayer(nn.Module):
 
     def forward(self, x_BCHW: Tensor) -> Tensor:
         """Returns f_BFHW: unit-norm (along F) trunk features of every input pixel, float32."""
-        return upsample_unit(self.backbone(x_BCHW)[self.layer], x_BCHW.shape[-2:])
+        features = self.backbone(x_BCHW, until=self.layer)  # the deeper layers are not run
+        return upsample_unit(features[self.layer], x_BCHW.shape[-2:])

@@ -58,13 +58,18 @@ class DilatedResNet(nn.Module):
             name: _out_channels(getattr(self, name)) for name in FEATURE_NAMES
         }
 
-    def forward(self, x_BCHW: Tensor) -> dict[str, Tensor]:
-        """Returns {"layer1": (B, C1, H/4, W/4), "layer2": H/8, "layer3"/"layer4": H/OS}."""
+    def forward(self, x_BCHW: Tensor, until: str = "layer4") -> dict[str, Tensor]:
+        """Returns {"layer1": (B, C1, H/4, W/4), "layer2": H/8, "layer3"/"layer4": H/OS}, up to
+        and including `until` (evaluating an early layer need not run the deep ones)."""
+        if until not in FEATURE_NAMES:
+            raise ValueError(f"unknown trunk layer {until!r}; one of {list(FEATURE_NAMES)}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x_BCHW))))
         features: dict[str, Tensor] = {}
         for name in FEATURE_NAMES:
             x = getattr(self, name)(x)
             features[name] = x
+            if name == until:
+                break
         return features
 
 
