@@ -44,7 +44,7 @@ SLIC_PROBE = (
 )
 FAST_SLIC_REINSTALL = (
     "pip install cython numpy setuptools wheel && pip install --no-build-isolation "
-    "--force-reinstall --no-cache-dir --no-deps fast-slic==0.4.0"
+    "--force-reinstall --no-cache-dir --no-deps 'fast-slic>=0.4,<0.5'"  # pyproject's range
 )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from vice.models.backbones import FEATURE_NAMES
+from vice.models.backbones import check_feature_name
 from vice.models.model import upsample_unit
 
 
@@ -30,8 +30,7 @@ class TrunkLayer(nn.Module):
 
     def __init__(self, model: nn.Module, layer: str) -> None:
         super().__init__()
-        if layer not in FEATURE_NAMES:
-            raise ValueError(f"unknown trunk layer {layer!r}; one of {list(FEATURE_NAMES)}")
+        check_feature_name(layer)  # at construction, not at the first forward
         self.backbone = model.backbone
         self.layer = layer
 

@@ -32,6 +32,12 @@ BACKBONES: dict[str, Callable[..., torchvision.models.ResNet]] = {
 _DILATE: dict[int, list[bool]] = {8: [False, True, True], 16: [False, False, True]}
 
 
+def check_feature_name(name: str) -> None:
+    """Raises ValueError unless `name` is one of the trunk's feature names (layer1..layer4)."""
+    if name not in FEATURE_NAMES:
+        raise ValueError(f"unknown trunk layer {name!r}; one of {list(FEATURE_NAMES)}")
+
+
 class DilatedResNet(nn.Module):
     """A torchvision ResNet without avgpool/fc whose forward returns layer1..layer4 features.
 
@@ -61,8 +67,7 @@ class DilatedResNet(nn.Module):
     def forward(self, x_BCHW: Tensor, until: str = "layer4") -> dict[str, Tensor]:
         """Returns {"layer1": (B, C1, H/4, W/4), "layer2": H/8, "layer3"/"layer4": H/OS}, up to
         and including `until` (evaluating an early layer need not run the deep ones)."""
-        if until not in FEATURE_NAMES:
-            raise ValueError(f"unknown trunk layer {until!r}; one of {list(FEATURE_NAMES)}")
+        check_feature_name(until)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x_BCHW))))
         features: dict[str, Tensor] = {}
         for name in FEATURE_NAMES:
