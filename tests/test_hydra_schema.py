@@ -33,6 +33,9 @@ def test_local_experiment_is_the_recipe_that_learns_at_cpu_scale():
     assert (cfg.optim.name, cfg.optim.lr, cfg.method.epsilon, cfg.method.queue_length) == (
         "sgd", 0.05, 0.03, 0)  # fmt: skip
     assert (cfg.data.views.view_size, cfg.data.batch_size, cfg.trainer.max_steps) == (64, 8, 150)
+    views = cfg.data.views
+    assert (views.crop_scale_min, views.crop_scale_max) == (1.0, 1.0)
+    assert (views.jitter_prob, views.gray_prob, views.blur_prob) == (0.0, 0.0, 0.0)
 
 
 def test_saved_config_holds_no_secrets(tmp_path, monkeypatch):
