@@ -8,15 +8,19 @@ is allowed. Validation runs before anything is built, submitted or written.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-
-DATASET_NAMES = ("synthetic", "coco", "cityscapes", "folder")
-SUPERPIXEL_METHODS = ("slic", "grid")
 
 
 def _fail(key: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"invalid config value {key}={value!r}: {allowed}")
+
+
+def check_name(key: str, value: Any, registry: Mapping[str, Any]) -> None:
+    """`value` must be a key of `registry` (the plain dict the builder itself looks up)."""
+    if value not in registry:
+        raise _fail(key, value, f"one of {sorted(registry)}")
 
 
 def _check_range(
@@ -39,7 +43,7 @@ def _check_prob(key: str, value: float) -> None:
 class SuperpixelConfig:
     """How the per-image superpixel id map is computed (ViCE: SLIC, region 20 px, ruler 10)."""
 
-    method: str = "slic"  # "slic" (fast-slic) or "grid" (same-size cells; the ablation)
+    method: str = "slic"  # a key of vice.data.superpixels.REGION_SOURCES (slic: fast-slic)
     region_size: int = 20  # px; fast-slic gets num_components = H*W / region_size**2
     compactness: float = 10.0  # SLIC ruler: higher -> more square, less edge-adherent segments
     iterations: int = 5  # SLIC iterations, as the published code
@@ -47,8 +51,11 @@ class SuperpixelConfig:
     cache_dir: str | None = None  # optional on-disk cache of id maps for file-backed data sets
 
     def validate(self, prefix: str = "data.superpixels") -> None:
-        if self.method not in SUPERPIXEL_METHODS:
-            raise _fail(f"{prefix}.method", self.method, f"one of {list(SUPERPIXEL_METHODS)}")
+        try:  # TEMP until the region-source registry lands
+            from vice.data.superpixels import REGION_SOURCES  # the registry itself (lazy: cv2)
+        except ImportError:
+            REGION_SOURCES = {"slic": None, "grid": None}
+        check_name(f"{prefix}.method", self.method, REGION_SOURCES)
         _check_range(f"{prefix}.region_size", self.region_size, 2)
         _check_range(f"{prefix}.compactness", self.compactness, 0.0, lo_open=True)
         _check_range(f"{prefix}.iterations", self.iterations, 1)
@@ -152,7 +159,7 @@ class SyntheticConfig:
 class DataConfig:
     """Which images, how each sample is built, and how batches are loaded."""
 
-    dataset: str = "synthetic"  # one of DATASET_NAMES
+    dataset: str = "synthetic"  # a key of vice.data.datasets.DATASETS
     root: str | None = None  # data set directory (unused by synthetic)
     split: str = "train"  # pretraining split (data-set specific names)
     eval_split: str = "val"
@@ -166,8 +173,9 @@ class DataConfig:
     masking: MaskConfig = field(default_factory=MaskConfig)
 
     def validate(self, prefix: str = "data") -> None:
-        if self.dataset not in DATASET_NAMES:
-            raise _fail(f"{prefix}.dataset", self.dataset, f"one of {list(DATASET_NAMES)}")
+        from vice.data.datasets import DATASETS  # the registry itself (lazy: torch)
+
+        check_name(f"{prefix}.dataset", self.dataset, DATASETS)
         if self.dataset != "synthetic" and not self.root:
             raise _fail(
                 f"{prefix}.root", self.root, f"data set '{self.dataset}' needs its directory"
@@ -199,15 +207,9 @@ def from_dict(cls: type, values: dict[str, Any] | None, prefix: str = "") -> Any
     return cls(**kwargs)
 
 
-BACKBONES = ("resnet18", "resnet50", "resnet101")
-DECODERS = ("deeplabv3plus", "fpn")
-POOLINGS = ("mean", "representative")
-OPTIMIZERS = ("sgd_larc", "sgd_lars", "sgd")
-
-
 @dataclass
 class ModelConfig:
-    """Segmentation network producing L2-normalised per-pixel embeddings, plus prototypes."""
+    """Segmentation network producing L2-normalised per-pixel embeddings (a method's trunk)."""
 
     backbone: str = "resnet50"  # dilated torchvision ResNet: resnet18 / resnet50 / resnet101
     output_stride: int = 8  # 8 (layer3/4 dilated 2/4) or 16 (layer4 dilated 2)
@@ -216,19 +218,19 @@ class ModelConfig:
     # level dominates the sum by activation scale alone; see FPNDecoder.
     fpn_normalize_laterals: bool = False
     embed_dim: int = 128
-    num_prototypes: int = 128  # K (published: 128 DeepLab, 27 FPN)
     aspp_rates: list[int] = field(default_factory=lambda: [12, 24, 36])  # at output stride 8
     weights: str | None = None  # local torchvision-format backbone state dict; never downloaded
     channels_last: bool = True  # on CUDA only
     sync_bn: bool = True  # batch statistics over all ranks under DDP (CUDA and gloo alike)
 
     def validate(self, prefix: str = "model") -> None:
-        if self.backbone not in BACKBONES:
-            raise _fail(f"{prefix}.backbone", self.backbone, f"one of {list(BACKBONES)}")
+        from vice.models.backbones import BACKBONES  # the registries themselves (lazy: torch)
+        from vice.models.decoders import DECODERS
+
+        check_name(f"{prefix}.backbone", self.backbone, BACKBONES)
         if self.output_stride not in (8, 16):
             raise _fail(f"{prefix}.output_stride", self.output_stride, "8 or 16")
-        if self.decoder not in DECODERS:
-            raise _fail(f"{prefix}.decoder", self.decoder, f"one of {list(DECODERS)}")
+        check_name(f"{prefix}.decoder", self.decoder, DECODERS)
         if self.fpn_normalize_laterals and self.decoder != "fpn":
             raise _fail(
                 f"{prefix}.fpn_normalize_laterals",
@@ -237,37 +239,38 @@ class ModelConfig:
                 "set it to false or use model.decoder=fpn",
             )
         _check_range(f"{prefix}.embed_dim", self.embed_dim, 2)
-        _check_range(f"{prefix}.num_prototypes", self.num_prototypes, 2)
         if len(self.aspp_rates) != 3 or min(self.aspp_rates) < 1:
             raise _fail(f"{prefix}.aspp_rates", list(self.aspp_rates), "3 positive dilations")
 
 
 @dataclass
 class MethodConfig:
-    """ViCE's loss (methods.md section 1); every constant is the published default."""
+    """What every method's schema has: its name (a key of `vice.methods.METHODS`).
+
+    Each method subclasses this with its own keys (`ViceMethod.Config` = `ViceConfig`); the
+    Hydra group `conf/method/` holds one file per method with its published defaults.
+    """
 
     name: str = "vice"
-    temperature: float = 0.1  # softmax temperature of the predicting views
-    epsilon: float = 0.05  # Sinkhorn-Knopp entropic regularisation
-    sinkhorn_iterations: int = 3
-    pooling: str = "representative"  # "mean" (FPN runs) or "representative" (DeepLab runs)
-    coherence_weight: float = 1.0  # total = (coherence_weight * coherence + swav) / 2
-    queue_length: int = 160_000  # global (all ranks); 0 disables the queue
-    queue_start: int = 313  # iteration from which the queue joins Sinkhorn
-    freeze_prototypes_iters: int = 313  # prototypes get no update for this many iterations
 
     def validate(self, prefix: str = "method") -> None:
-        if self.name != "vice":
-            raise _fail(f"{prefix}.name", self.name, "one of ['vice']")
-        _check_range(f"{prefix}.temperature", self.temperature, 0.0, lo_open=True)
-        _check_range(f"{prefix}.epsilon", self.epsilon, 0.0, lo_open=True)
-        _check_range(f"{prefix}.sinkhorn_iterations", self.sinkhorn_iterations, 1)
-        if self.pooling not in POOLINGS:
-            raise _fail(f"{prefix}.pooling", self.pooling, f"one of {list(POOLINGS)}")
-        _check_range(f"{prefix}.coherence_weight", self.coherence_weight, 0.0)
-        _check_range(f"{prefix}.queue_length", self.queue_length, 0)
-        _check_range(f"{prefix}.queue_start", self.queue_start, 0)
-        _check_range(f"{prefix}.freeze_prototypes_iters", self.freeze_prototypes_iters, 0)
+        from vice.methods import METHODS  # the registry itself (lazy: torch)
+
+        check_name(f"{prefix}.name", self.name, METHODS)
+        expected = METHODS[self.name].Config
+        if type(self) is not expected:
+            raise _fail(
+                f"{prefix}.name",
+                self.name,
+                f"the method's keys must be a {expected.__name__}, got {type(self).__name__}; "
+                f"select it with the config group: method={self.name}",
+            )
+
+
+def default_method() -> MethodConfig:
+    from vice.methods.vice import ViceConfig  # lazy: vice.methods imports this module
+
+    return ViceConfig()
 
 
 @dataclass
@@ -285,8 +288,9 @@ class OptimConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
 
     def validate(self, prefix: str = "optim") -> None:
-        if self.name not in OPTIMIZERS:
-            raise _fail(f"{prefix}.name", self.name, f"one of {list(OPTIMIZERS)}")
+        from vice.train.optim import OPTIMIZERS  # the registry itself (lazy: torch)
+
+        check_name(f"{prefix}.name", self.name, OPTIMIZERS)
         _check_range(f"{prefix}.lr", self.lr, 0.0, lo_open=True)
         _check_range(f"{prefix}.start_lr", self.start_lr, 0.0)
         _check_range(f"{prefix}.final_lr", self.final_lr, 0.0)
@@ -478,7 +482,9 @@ class Config:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    # The selected method's schema (a MethodConfig subclass, `vice.methods.METHODS[name].Config`);
+    # typed Any so that Hydra's config group can put any method's schema here.
+    method: Any = field(default_factory=default_method)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -498,6 +504,10 @@ class Config:
         self.tracking.validate("tracking")
         self.cluster.validate("cluster")
         self.launch.validate("launch")
+        from vice.methods import METHODS
+
+        # What the method cannot use (data settings, model shapes): named, with the fix.
+        METHODS[self.method.name].check_config(self)
         for i, index in enumerate(self.figure.indices):
             _check_range(f"figure.indices[{i}]", index, 0)
         if self.eval.enabled and self.data.dataset == "folder":

@@ -1,5 +1,10 @@
 """The structured config schema for Hydra (imported by entry points), and the run directory's
-resolved config file. Nothing here imports torch: the launcher uses it and must start fast."""
+resolved config file.
+
+The method's schema comes from the method registry itself (`vice.methods.METHODS[name]
+.Config`, stored as `method/<name>_schema` for the files of the `conf/method/` group), so
+the schemas import torch: ~1-3 s at the start of the launcher.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vice.config import Config
+from vice.config import Config, MethodConfig, from_dict
 from vice.secrets import redact_tree
 
 SCHEMA_NAME = "vice_schema"
@@ -19,15 +24,54 @@ CONFIG_FILE = "config.yaml"
 
 
 def register() -> None:
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+    from vice.methods import METHODS
+
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=Config)
+    for name, method in METHODS.items():
+        store.store(group="method", name=f"{name}_schema", node=method.Config)
+
+
+def method_config(values: dict[str, Any] | MethodConfig | None) -> MethodConfig:
+    """The method's typed schema from its keys (`name` picks the schema in the registry)."""
+    if isinstance(values, MethodConfig):
+        return values
+    from vice.methods import METHODS
+
+    values = dict(values or {})
+    name = values.get("name", "vice")
+    if name not in METHODS:
+        raise ValueError(f"invalid config value method.name={name!r}: one of {sorted(METHODS)}")
+    return from_dict(METHODS[name].Config, values, "method")
+
+
+def _upgrade_legacy(node: DictConfig) -> DictConfig:
+    """A config.yaml written before the method interface had the prototype count in
+    `model.num_prototypes`; it is ViCE's `method.num_prototypes` now."""
+    model = node.get("model")
+    if model is not None and "num_prototypes" in model:
+        node = node.copy()
+        with open_dict(node):
+            count = node.model.pop("num_prototypes")
+            node.method = node.get("method") or {}
+            node.method.setdefault("num_prototypes", count)
+    return node
 
 
 def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
     """Typed, validated Config from a composed Hydra config (raises ValueError on bad values)."""
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    merged = OmegaConf.merge(OmegaConf.structured(Config), node)
+    node = _upgrade_legacy(node)
+    method = node.get("method")
+    # The method's section is typed by its own schema (the `method` group), the rest by
+    # Config: built apart, so that any method's schema fits Config's `method: Any`.
+    rest = OmegaConf.masked_copy(node, [k for k in node if k != "method"])
+    merged = OmegaConf.merge(OmegaConf.structured(Config), rest)
     config = OmegaConf.to_object(merged)
     assert isinstance(config, Config)
+    if method is not None:
+        values = OmegaConf.to_object(method) if isinstance(method, DictConfig) else method
+        config.method = method_config(values)
     return config.validate()
 
 

@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 
+from vice.data.batches import ViceBatch
 
-def collate_vice(items: list[dict[str, Any]]) -> dict[str, Any]:
+
+def collate_vice(items: list[dict[str, Any]]) -> ViceBatch:
     """Stacks samples view-major.
 
-    Returns a dict with
+    Returns a ViceBatch with
         views: float32 (V, B, 3, S, S)
         ids: int64 (V, B, S, S), region index within its image, -1 = not a target
         num_regions: int64 (B,)
@@ -24,15 +26,15 @@ def collate_vice(items: list[dict[str, Any]]) -> dict[str, Any]:
         skipped: int, unreadable images skipped while building this batch
     """
     samples = [it["sample"] for it in items]
-    return {
-        "views": torch.stack([s.views_VCSS for s in samples], dim=1),
-        "ids": torch.stack([s.ids_VSS for s in samples], dim=1),
-        "num_regions": torch.tensor([s.regions_R.numel() for s in samples], dtype=torch.int64),
-        "regions": [s.regions_R for s in samples],
-        "flips": torch.stack([s.flips_V for s in samples], dim=1),
-        "boxes": torch.stack([s.boxes_V3 for s in samples], dim=1),
-        "masked": torch.stack([s.masked_VSS for s in samples], dim=1),
-        "keys": [tuple(it["key"]) for it in items],
-        "indices": torch.tensor([it["index"] for it in items], dtype=torch.int64),
-        "skipped": sum(int(it["skipped"]) for it in items),
-    }
+    return ViceBatch(
+        views=torch.stack([s.views_VCSS for s in samples], dim=1),
+        ids=torch.stack([s.ids_VSS for s in samples], dim=1),
+        num_regions=torch.tensor([s.regions_R.numel() for s in samples], dtype=torch.int64),
+        regions=[s.regions_R for s in samples],
+        flips=torch.stack([s.flips_V for s in samples], dim=1),
+        boxes=torch.stack([s.boxes_V3 for s in samples], dim=1),
+        masked=torch.stack([s.masked_VSS for s in samples], dim=1),
+        keys=[tuple(it["key"]) for it in items],
+        indices=torch.tensor([it["index"] for it in items], dtype=torch.int64),
+        skipped=sum(int(it["skipped"]) for it in items),
+    )

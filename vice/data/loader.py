@@ -1,4 +1,4 @@
-"""DataLoader construction: resumable sampler, view-major collate, deterministic workers."""
+"""DataLoader construction: resumable sampler, the builder's collate, deterministic workers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import numpy as np
 import torch
 
 from vice.config import DataConfig
-from vice.data.collate import collate_vice
-from vice.data.pretrain import ViceDataset
 from vice.data.sampler import ResumableDistributedSampler
-from vice.train.stop import ignore_stop_signals
+from vice.signals import ignore_stop_signals
 
 
 def seed_worker(worker_id: int) -> None:
@@ -29,9 +27,10 @@ def seed_worker(worker_id: int) -> None:
 
 
 def build_pretrain_loader(
-    dataset: ViceDataset, cfg: DataConfig, rank: int = 0, world_size: int = 1
+    dataset: torch.utils.data.Dataset, cfg: DataConfig, rank: int = 0, world_size: int = 1
 ) -> tuple[torch.utils.data.DataLoader, ResumableDistributedSampler]:
-    """Loader over `dataset` for one rank, and the sampler whose state the trainer saves."""
+    """Loader over `dataset` (a sample builder's, with its `collate`) for one rank, and the
+    sampler whose state the trainer saves."""
     sampler = ResumableDistributedSampler(
         len(dataset), num_replicas=world_size, rank=rank, seed=cfg.seed
     )
@@ -40,7 +39,7 @@ def build_pretrain_loader(
         batch_size=cfg.batch_size,
         sampler=sampler,
         num_workers=cfg.num_workers,
-        collate_fn=collate_vice,
+        collate_fn=dataset.collate,
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(cfg.seed),
         pin_memory=torch.cuda.is_available(),

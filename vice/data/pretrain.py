@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vice.config import DataConfig
+from vice.data.collate import collate_vice
 from vice.data.datasets.base import ImageSource
 from vice.data.image_io import UnreadableImageError
 from vice.data.sample import ViceSample, build_views
@@ -28,7 +29,13 @@ _VIEWS = 2
 
 
 class ViceDataset(torch.utils.data.Dataset):
-    """Map-style data set indexed by (epoch, index) keys (a bare int means epoch 0)."""
+    """Map-style data set indexed by (epoch, index) keys (a bare int means epoch 0).
+
+    ViCE's sample builder: a center view and surrounding views of one image, their common
+    superpixel ids and the regional masks; `collate` stacks them into a `ViceBatch`.
+    """
+
+    collate = staticmethod(collate_vice)
 
     def __init__(self, source: ImageSource, cfg: DataConfig, keep_debug: bool = False) -> None:
         if len(source) == 0:

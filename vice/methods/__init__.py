@@ -1,9 +1,24 @@
-"""Self-supervised methods by name. `METHODS` is the registry: a plain dict."""
+"""Self-supervised methods by name. `METHODS` is the registry: a plain dict.
+
+A method is one entry here: a `vice.methods.base.Method` subclass with its schema
+(`Config`), its sample builder (`sample_builder`) and a `conf/method/<name>.yaml`.
+"""
 
 from __future__ import annotations
 
-from vice.methods.vice import ViceMethod
+from typing import TYPE_CHECKING
 
-METHODS = {"vice": ViceMethod}
+from vice.methods.base import Method
+from vice.methods.vice import ViceConfig, ViceMethod
 
-__all__ = ["METHODS", "ViceMethod"]
+if TYPE_CHECKING:
+    from vice.config import Config
+
+METHODS: dict[str, type[Method]] = {"vice": ViceMethod}
+
+__all__ = ["METHODS", "Method", "ViceConfig", "ViceMethod", "build_method"]
+
+
+def build_method(cfg: Config, world_size: int = 1) -> Method:
+    """The configured method, its parameters drawn from torch's global RNG (seed it first)."""
+    return METHODS[cfg.method.name](cfg, world_size)

@@ -12,17 +12,57 @@ S view side.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vice import dist
-from vice.config import MethodConfig
+from vice.config import MethodConfig, _check_range, _fail
+from vice.methods.base import Method
+from vice.models import build_model
+from vice.models.prototypes import Prototypes
 from vice.ops.pooling import pool_regions
 from vice.ops.precision import at_least_float32
 from vice.ops.queue import EmbeddingQueue
 from vice.ops.sinkhorn import sinkhorn
+
+if TYPE_CHECKING:
+    from vice.config import Config
+    from vice.data.batches import ViceBatch
+
+POOLINGS = ("mean", "representative")
+
+
+@dataclass
+class ViceConfig(MethodConfig):
+    """ViCE's loss (methods.md section 1); every constant is the published default."""
+
+    name: str = "vice"
+    num_prototypes: int = 128  # K (published: 128 DeepLab, 27 FPN)
+    temperature: float = 0.1  # softmax temperature of the predicting views
+    epsilon: float = 0.05  # Sinkhorn-Knopp entropic regularisation
+    sinkhorn_iterations: int = 3
+    pooling: str = "representative"  # "mean" (FPN runs) or "representative" (DeepLab runs)
+    coherence_weight: float = 1.0  # total = (coherence_weight * coherence + swav) / 2
+    queue_length: int = 160_000  # global (all ranks); 0 disables the queue
+    queue_start: int = 313  # iteration from which the queue joins Sinkhorn
+    freeze_prototypes_iters: int = 313  # prototypes get no update for this many iterations
+
+    def validate(self, prefix: str = "method") -> None:
+        super().validate(prefix)
+        _check_range(f"{prefix}.num_prototypes", self.num_prototypes, 2)
+        _check_range(f"{prefix}.temperature", self.temperature, 0.0, lo_open=True)
+        _check_range(f"{prefix}.epsilon", self.epsilon, 0.0, lo_open=True)
+        _check_range(f"{prefix}.sinkhorn_iterations", self.sinkhorn_iterations, 1)
+        if self.pooling not in POOLINGS:
+            raise _fail(f"{prefix}.pooling", self.pooling, f"one of {list(POOLINGS)}")
+        _check_range(f"{prefix}.coherence_weight", self.coherence_weight, 0.0)
+        _check_range(f"{prefix}.queue_length", self.queue_length, 0)
+        _check_range(f"{prefix}.queue_start", self.queue_start, 0)
+        _check_range(f"{prefix}.freeze_prototypes_iters", self.freeze_prototypes_iters, 0)
 
 
 def swav_cross_entropy(q_RK: torch.Tensor, scores_MRK: torch.Tensor, temperature: float):
@@ -31,30 +71,50 @@ def swav_cross_entropy(q_RK: torch.Tensor, scores_MRK: torch.Tensor, temperature
     return -(q_RK.unsqueeze(0) * log_p).sum()
 
 
-class ViceMethod:
-    """The ViCE objective and its state (the queue). Not a module: it owns no parameters."""
+class ViceMethod(Method):
+    """ViCE: the dense network, its prototypes and this rank's queue of center-view regions.
 
-    def __init__(self, cfg: MethodConfig, embed_dim: int, world_size: int = 1) -> None:
-        self.cfg = cfg
-        per_rank = cfg.queue_length // max(1, world_size)
-        self.queue = EmbeddingQueue(per_rank, embed_dim) if per_rank > 0 else None
+    Parameters are created in the order network, prototypes (the same draws from torch's
+    global RNG, and the same state-dict keys under `network.`, as before the method
+    interface).
+    """
 
-    def to(self, device: torch.device) -> ViceMethod:
-        if self.queue is not None:
-            self.queue.to(device)
-        return self
+    Config = ViceConfig
+    sample_builder = "vice_views"
+
+    def __init__(self, cfg: Config, world_size: int = 1) -> None:
+        super().__init__(cfg, world_size)
+        self.cfg = cfg.method
+        self.network = build_model(cfg.model)
+        self.prototypes = Prototypes(cfg.method.num_prototypes, cfg.model.embed_dim)
+        per_rank = self.cfg.queue_length // max(1, world_size)
+        # Not a buffer: every rank keeps its own regions (DDP broadcasts buffers from rank 0).
+        self.queue = EmbeddingQueue(per_rank, cfg.model.embed_dim) if per_rank > 0 else None
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        if cfg.data.views.num_views < 2:
+            raise _fail(
+                "data.views.num_views",
+                cfg.data.views.num_views,
+                "ViCE needs a center view and at least one view that predicts it: set >= 2",
+            )
+
+    def export(self) -> nn.Module:
+        return self.network
 
     def prototypes_frozen(self, step: int) -> bool:
         return step < self.cfg.freeze_prototypes_iters
 
-    def loss(
-        self,
-        model: torch.nn.Module,
-        prototypes: torch.nn.Module,
-        batch: dict[str, Any],
-        step: int,
-        autocast: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def before_optimizer_step(self, step: int) -> None:
+        if self.prototypes_frozen(step):
+            for p in self.prototypes.parameters():
+                p.grad = None
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.prototypes.normalize_()
+
+    def training_step(self, batch: ViceBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Forward pass and loss for one batch; returns (loss to backprop, logged terms).
 
         `terms` are this rank's shares: summed over ranks they give the global values.
@@ -64,22 +124,23 @@ class ViceMethod:
         gradient of the global mean: the same gradient as one process on the whole batch.
         """
         cfg = self.cfg
-        views_VBCSS = batch["views"]
-        ids_VBSS = batch["ids"]
+        prototypes = self.prototypes
+        views_VBCSS = batch.views
+        ids_VBSS = batch.ids
         n_views, n_images = views_VBCSS.shape[:2]
         # The network's dtype (float32, or float64 in the DDP-equivalence test); autocast
         # lowers it inside the forward.
         x_NCSS = views_VBCSS.flatten(0, 1).to(prototypes.weight.dtype)
         device_type = x_NCSS.device.type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            z_NDSS = model(x_NCSS)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
+            z_NDSS = self.network(x_NCSS)
         z_VBDSS = at_least_float32(z_NDSS).unflatten(0, (n_views, n_images))
 
         weight_KD = prototypes.weight
         regions_VRD, coherence = pool_regions(
             z_VBDSS,
             ids_VBSS,
-            batch["num_regions"],
+            batch.num_regions,
             mode=cfg.pooling,
             prototypes_KD=weight_KD.detach(),
         )
@@ -88,13 +149,16 @@ class ViceMethod:
 
         with torch.no_grad():
             center_RK = at_least_float32(scores_VRK[0].detach())
-            use_queue = self.queue is not None and step >= cfg.queue_start and len(self.queue)
+            queue = self.queue
+            if queue is not None and queue.device != center_RK.device:
+                queue.to(center_RK.device)
+            use_queue = queue is not None and step >= cfg.queue_start and len(queue)
             if use_queue:
-                queued_MK = self.queue.tensor().to(center_RK.dtype) @ weight_KD.detach().T
+                queued_MK = queue.tensor().to(center_RK.dtype) @ weight_KD.detach().T
                 center_RK = torch.cat([center_RK, queued_MK])
             q_RK = sinkhorn(center_RK, cfg.epsilon, cfg.sinkhorn_iterations)[:n_regions]
-            if self.queue is not None:
-                self.queue.push(regions_VRD[0].detach())
+            if queue is not None:
+                queue.push(regions_VRD[0].detach())
 
         counts = torch.tensor([float(n_regions)], device=x_NCSS.device)
         global_regions = float(dist.all_reduce_sum(counts.clone()).item())
@@ -119,9 +183,30 @@ class ViceMethod:
         }
         return total, terms
 
-    def state_dict(self) -> dict[str, Any]:
+    def rank_state(self) -> dict[str, Any]:
         return {"queue": self.queue.state_dict() if self.queue is not None else None}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_rank_state(self, state: dict[str, Any]) -> None:
         if self.queue is not None and state.get("queue") is not None:
             self.queue.load_state_dict(state["queue"])
+
+    @classmethod
+    def upgrade_checkpoint(cls, state: dict[str, Any], path: str) -> dict[str, Any]:
+        """Format 1 (ViCE wired into the trainer): `model` held the network and the
+        prototypes under the keys `backbone.*`, `decoder.*`, `prototypes.weight`; each rank's
+        `method` entry held the queue, as `rank_state` does now."""
+        model = state["model"]
+        upgraded = {k: v for k, v in state.items() if k not in ("model", "prototypes_frozen")}
+        upgraded["method"] = {
+            (k if k.startswith("prototypes.") else f"network.{k}"): v for k, v in model.items()
+        }
+        upgraded["method_name"] = "vice"
+        upgraded["ranks"] = [
+            {**rank, "method": rank.get("method", {})} for rank in state.get("ranks", [])
+        ]
+        return upgraded
+
+    @staticmethod
+    def upgrade_final_weights(weights: dict[str, Any]) -> dict[str, Any]:
+        """A format-1 `model_final.pt` also held the prototypes; the network is the rest."""
+        return {k: v for k, v in weights.items() if not k.startswith("prototypes.")}

@@ -1,4 +1,4 @@
-"""Segmentation networks producing dense unit embeddings, and their prototypes."""
+"""Segmentation networks producing dense unit embeddings, and ViCE/SwAV-style prototypes."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ __all__ = [
 
 
 def build_model(cfg: ModelConfig) -> DenseEmbeddingModel:
-    """Builds trunk, decoder and prototypes from `cfg` (validated first).
+    """Builds trunk and decoder from `cfg` (validated first).
 
     Parameters are drawn from torch's global RNG (seed it before calling); the trunk is then
     overwritten by `cfg.weights` when set. channels_last and SyncBatchNorm are the trainer's.
@@ -33,5 +33,4 @@ def build_model(cfg: ModelConfig) -> DenseEmbeddingModel:
     cfg.validate("model")
     backbone = build_backbone(cfg.backbone, cfg.output_stride, cfg.weights)
     decoder = DECODERS[cfg.decoder](cfg, backbone.channels)
-    prototypes = Prototypes(cfg.num_prototypes, cfg.embed_dim)
-    return DenseEmbeddingModel(backbone, decoder, prototypes)
+    return DenseEmbeddingModel(backbone, decoder)

@@ -1,4 +1,4 @@
-"""The dense embedding network: dilated ResNet trunk + decoder + prototypes.
+"""The dense embedding network: dilated ResNet trunk + decoder.
 
 Shape legend: B batch, C input channels (3), H/W input height/width, D embed_dim,
 h1 x w1 decoder resolution (layer1, ceil(H/4) x ceil(W/4)).
@@ -11,27 +11,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vice.models.backbones import DilatedResNet
-from vice.models.prototypes import Prototypes
 from vice.ops.precision import at_least_float32
 
 
 class DenseEmbeddingModel(nn.Module):
-    """Per-pixel L2-normalised embeddings at the input resolution, plus the prototypes.
+    """Per-pixel L2-normalised embeddings at the input resolution.
 
-    The prototypes are not used by `forward`; they live here so that one module (and one
-    state dict, one optimizer, one DDP wrapper) holds every trained parameter.
+    What methods train (as their student, teacher or encoder) and what evaluation reads
+    (`Method.export()`); heads, prototypes and teachers belong to the method.
 
     Args:
         backbone: trunk returning the layer1..layer4 feature dict.
         decoder: maps that dict to (B, D, h1, w1).
-        prototypes: the (K, D) prototype matrix.
     """
 
-    def __init__(self, backbone: DilatedResNet, decoder: nn.Module, prototypes: Prototypes):
+    def __init__(self, backbone: DilatedResNet, decoder: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
-        self.prototypes = prototypes
 
     def forward(self, x_BCHW: Tensor) -> Tensor:
         """Returns z_BDHW: unit-norm (along D) embeddings of every input pixel, float32."""

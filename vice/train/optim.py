@@ -57,9 +57,10 @@ class LARCSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weights (ndim > 1) get weight decay and LARC/LARS; biases and norm layers neither."""
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for _, p in module.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -69,19 +70,40 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.name == "sgd":
-        plain = [{"params": g["params"], "weight_decay": g["larc_weight_decay"]} for g in groups]
-        return torch.optim.SGD(plain, lr=cfg.start_lr, momentum=cfg.momentum)
-    return LARCSGD(
-        groups,
-        lr=cfg.start_lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        trust_coefficient=cfg.trust_coefficient,
-        clip=cfg.name == "sgd_larc",
-    )
+def _sgd(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    plain = [{"params": g["params"], "weight_decay": g["larc_weight_decay"]} for g in groups]
+    return torch.optim.SGD(plain, lr=cfg.start_lr, momentum=cfg.momentum)
+
+
+def _larc(clip: bool):
+    def build(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+        return LARCSGD(
+            groups,
+            lr=cfg.start_lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            trust_coefficient=cfg.trust_coefficient,
+            clip=clip,
+        )
+
+    return build
+
+
+# optim.name -> builder of the optimizer over parameter groups in `param_groups`' format.
+OPTIMIZERS = {"sgd_larc": _larc(clip=True), "sgd_lars": _larc(clip=False), "sgd": _sgd}
+
+
+def build_optimizer(
+    groups: torch.nn.Module | list[dict], cfg: OptimConfig
+) -> torch.optim.Optimizer:
+    """The optimizer over a method's parameter groups (or a module's default groups).
+
+    Groups carry `larc_weight_decay` and `apply_larc` (see `param_groups`); a method that
+    excludes more (e.g. its prototypes from weight decay) returns its own groups.
+    """
+    if isinstance(groups, torch.nn.Module):
+        groups = param_groups(groups, cfg.weight_decay)
+    return OPTIMIZERS[cfg.name](groups, cfg)
 
 
 def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:

@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+from vice.signals import STOP_SIGNALS, ignore_stop_signals
+
+__all__ = ["STOP_SIGNALS", "StopEvent", "StopRequest", "StopSignals", "ignore_stop_signals"]
 STOPS_FILE = "stops.jsonl"
 
 
@@ -73,14 +75,6 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
-
-
-def ignore_stop_signals() -> None:
-    """For helper processes (data loader workers): the scheduler signals every process of the
-    job, and a worker killed by SIGUSR2's default action would crash the loader before the
-    trainer can save. The trainer's process shuts its workers down itself."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def record_stop(run_dir: str | Path, event: StopEvent) -> None:

@@ -1,0 +1,54 @@
+"""Typed batches: what a sample builder's collate returns and the trainer moves to the device.
+
+The trainer knows only `Batch`: `to(device)` moves every tensor field (and nothing else) and
+`skipped` counts unreadable images skipped while building the batch. Each method reads its
+own batch type's fields.
+
+Shapes: V views, B images, S view side, R_b regions of image b.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Batch:
+    """Base of every batch type. Tensor fields move to the device; the rest stays as is."""
+
+    skipped: int  # unreadable images skipped while building this batch
+
+    def to(self, device: torch.device) -> Batch:
+        moved = {f.name: _move(getattr(self, f.name), device) for f in dataclasses.fields(self)}
+        return type(self)(**moved)
+
+
+def _move(value: object, device: torch.device) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    return value
+
+
+@dataclass
+class ViceBatch(Batch):
+    """ViCE's views of B images, stacked view-major (view 0 = the center view)."""
+
+    views: torch.Tensor  # float32 (V, B, 3, S, S)
+    ids: torch.Tensor  # int64 (V, B, S, S): region index within its image, -1 = not a target
+    num_regions: torch.Tensor  # int64 (B,)
+    regions: list[torch.Tensor]  # B int64 (R_b,): source superpixel id of each region
+    flips: torch.Tensor  # bool (V, B)
+    boxes: torch.Tensor  # float32 (V, B, 3) as (cx, cy, side) in source pixels
+    masked: torch.Tensor  # bool (V, B, S, S)
+    keys: list[tuple[int, int]]  # (epoch, index) the sampler handed out
+    indices: torch.Tensor  # int64 (B,): images actually used (after substitutions)
+
+    def to(self, device: torch.device) -> ViceBatch:
+        moved = super().to(device)
+        assert isinstance(moved, ViceBatch)
+        if device.type == "cuda":  # the loader's pinned layout is not channels_last
+            moved.views = moved.views.contiguous(memory_format=torch.contiguous_format)
+        return moved

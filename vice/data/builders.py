@@ -1,0 +1,30 @@
+"""Sample builders by name. `SAMPLE_BUILDERS` is the registry: a plain dict.
+
+A sample builder turns an image source into a map-style data set indexed by (epoch, index)
+keys whose samples are pure functions of (data.seed, epoch, index), and carries its own
+`collate` into a typed `vice.data.batches.Batch`. A method names the builder it trains on
+(`Method.sample_builder`); the trainer builds whatever that is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from vice.config import DataConfig
+from vice.data.datasets.base import ImageSource
+from vice.data.pretrain import ViceDataset
+
+SampleBuilder = Callable[[ImageSource, DataConfig], torch.utils.data.Dataset]
+
+SAMPLE_BUILDERS: dict[str, SampleBuilder] = {
+    # A center view + surrounding views, common superpixel ids, regional masking (ViCE).
+    "vice_views": ViceDataset,
+}
+
+
+def build_samples(name: str, source: ImageSource, cfg: DataConfig) -> torch.utils.data.Dataset:
+    if name not in SAMPLE_BUILDERS:
+        raise ValueError(f"unknown sample builder {name!r}; known: {sorted(SAMPLE_BUILDERS)}")
+    return SAMPLE_BUILDERS[name](source, cfg)
