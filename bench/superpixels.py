@@ -3,7 +3,10 @@
 Measures images/s of `vice.data.superpixels.slic_superpixels` with the published defaults
 (region 20 px, compactness 10, 5 iterations, single-threaded fast-slic; the 3x3 Gaussian blur,
 OpenCV's uint8 kernel with sigma 0.8, included) on several different synthetic images of the
-configured size, and in the same run two baselines at the same segment count n = H*W / 400:
+configured size; in the same run our second SLIC region source, `opencv_slic_superpixels`
+(data.superpixels.method=opencv_slic: the same blur, OpenCV-contrib's SLIC with the same
+parameters, connectivity enforcement, contiguous ids), and two baselines at the same segment
+count n = H*W / 400:
 
 * scikit-image: ``skimage.segmentation.slic(img, n_segments=n, compactness=10,
   max_num_iter=5, start_label=0)`` (its defaults otherwise: Lab conversion, connectivity
@@ -17,7 +20,8 @@ num_threads=1). Each method is warmed up once, then every repetition times one p
 images; passes of the methods are interleaved so background load hits them alike. The table
 reports best-of-N: per image its fastest of the N runs (the least disturbed by other processes
 on a shared machine), averaged over the images; the median pass is in brackets. The last line is
-``speedup_vs_skimage=<x> speedup_vs_opencv=<y>``: our best-of images/s over theirs.
+``speedup_vs_skimage=<x> speedup_vs_opencv=<y> speedup_vs_opencv_slic=<z>``: fast-slic's
+best-of images/s over theirs and over our opencv_slic source.
 
 Usage: python bench/superpixels.py [--quick] [--size 500 | --size 500x667] [--images N]
 """
@@ -45,7 +49,7 @@ import skimage
 from skimage.segmentation import slic as skimage_slic
 
 from vice.data.datasets.synthetic import SyntheticSource
-from vice.data.superpixels import slic_superpixels
+from vice.data.superpixels import opencv_slic_superpixels, slic_superpixels
 
 REGION = 20
 COMPACTNESS = 10.0
@@ -65,6 +69,10 @@ def parse_size(text: str) -> int | tuple[int, int]:
 
 def ours(img: np.ndarray) -> np.ndarray:
     return slic_superpixels(img, REGION, COMPACTNESS, ITERATIONS, BLUR)
+
+
+def ours_opencv(img: np.ndarray) -> np.ndarray:
+    return opencv_slic_superpixels(img, REGION, COMPACTNESS, ITERATIONS, BLUR)
 
 
 def skimage_method(img: np.ndarray) -> np.ndarray:
@@ -131,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     h, w = images[0].shape[:2]
     methods: dict[str, Method] = {
         "ours (fast-slic + blur)": ours,
+        "ours opencv_slic": ours_opencv,
         f"skimage {skimage.__version__} slic": skimage_method,
         f"opencv {cv2.__version__} SLIC + blur": opencv_method,
     }
@@ -145,8 +154,11 @@ def main(argv: list[str] | None = None) -> None:
         ips = f"{1 / r['best_s']:.1f} ({1 / r['median_s']:.1f})"
         ms = f"{1e3 * r['best_s']:.2f} ({1e3 * r['median_s']:.2f})"
         print(f"{name:<32} {ips:>16} {ms:>16} {r['segments']:>14.1f}")
-    ours_s, sk_s, cv_s = (r["best_s"] for r in results.values())
-    print(f"speedup_vs_skimage={sk_s / ours_s:.2f} speedup_vs_opencv={cv_s / ours_s:.2f}")
+    ours_s, ocv_s, sk_s, cv_s = (r["best_s"] for r in results.values())
+    print(
+        f"speedup_vs_skimage={sk_s / ours_s:.2f} speedup_vs_opencv={cv_s / ours_s:.2f} "
+        f"speedup_vs_opencv_slic={ocv_s / ours_s:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_defaults_are_the_published_settings():
     [
         (
             DataConfig(dataset="imagenet"),
-            "invalid config value data.dataset='imagenet': one of ['synthetic', 'coco', ",
+            "invalid config value data.dataset='imagenet': one of ['cityscapes', 'coco', ",
         ),
         (
             DataConfig(dataset="coco"),

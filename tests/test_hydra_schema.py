@@ -28,7 +28,7 @@ def test_local_experiment_is_the_recipe_that_learns_at_cpu_scale():
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = to_config(compose("config"))
     # the values bench/claims.py and the README's claims table were measured with
-    assert (cfg.model.backbone, cfg.model.decoder, cfg.model.num_prototypes) == (
+    assert (cfg.model.backbone, cfg.model.decoder, cfg.method.num_prototypes) == (
         "resnet18", "fpn", 16)  # fmt: skip
     assert (cfg.optim.name, cfg.optim.lr, cfg.method.epsilon, cfg.method.queue_length) == (
         "sgd", 0.05, 0.03, 0)  # fmt: skip

@@ -43,18 +43,19 @@ def _check_prob(key: str, value: float) -> None:
 class SuperpixelConfig:
     """How the per-image superpixel id map is computed (ViCE: SLIC, region 20 px, ruler 10)."""
 
-    method: str = "slic"  # a key of vice.data.superpixels.REGION_SOURCES (slic: fast-slic)
-    region_size: int = 20  # px; fast-slic gets num_components = H*W / region_size**2
+    # A key of vice.data.regions.REGION_SOURCES: slic (fast-slic), opencv_slic (OpenCV-contrib
+    # SLIC, the published code's), grid (same-size cells; the ablation), gt (the data set's
+    # instance maps).
+    method: str = "slic"
+    region_size: int = 20  # px; SLIC seeds about H*W / region_size**2 segments (both SLICs)
     compactness: float = 10.0  # SLIC ruler: higher -> more square, less edge-adherent segments
     iterations: int = 5  # SLIC iterations, as the published code
     blur: int = 3  # odd k: k x k Gaussian blur (OpenCV's sigma for k) before SLIC; 0/1 = off
     cache_dir: str | None = None  # optional on-disk cache of id maps for file-backed data sets
 
     def validate(self, prefix: str = "data.superpixels") -> None:
-        try:  # TEMP until the region-source registry lands
-            from vice.data.superpixels import REGION_SOURCES  # the registry itself (lazy: cv2)
-        except ImportError:
-            REGION_SOURCES = {"slic": None, "grid": None}
+        from vice.data.regions import REGION_SOURCES  # the registry itself (lazy: cv2)
+
         check_name(f"{prefix}.method", self.method, REGION_SOURCES)
         _check_range(f"{prefix}.region_size", self.region_size, 2)
         _check_range(f"{prefix}.compactness", self.compactness, 0.0, lo_open=True)

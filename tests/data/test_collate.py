@@ -21,11 +21,11 @@ def _item(n_regions, value, key):
 
 def test_view_major_stacking_and_region_lists():
     batch = collate_vice([_item(2, 1, (0, 5)), _item(3, 2, (0, 9))])
-    assert batch["views"].shape == (3, 2, 3, 4, 4)
-    assert torch.equal(batch["views"][:, 1], torch.full((3, 3, 4, 4), 2.0))
-    assert batch["ids"].shape == (3, 2, 4, 4)
-    assert batch["num_regions"].tolist() == [2, 3]
-    assert [r.tolist() for r in batch["regions"]] == [[100, 101], [100, 101, 102]]
-    assert batch["flips"].tolist() == [[True, True], [False, False], [False, True]]
-    assert batch["keys"] == [(0, 5), (0, 9)] and batch["indices"].tolist() == [5, 9]
-    assert batch["skipped"] == 3
+    assert batch.views.shape == (3, 2, 3, 4, 4)
+    assert torch.equal(batch.views[:, 1], torch.full((3, 3, 4, 4), 2.0))
+    assert batch.ids.shape == (3, 2, 4, 4)
+    assert batch.num_regions.tolist() == [2, 3]
+    assert [r.tolist() for r in batch.regions] == [[100, 101], [100, 101, 102]]
+    assert batch.flips.tolist() == [[True, True], [False, False], [False, True]]
+    assert batch.keys == [(0, 5), (0, 9)] and batch.indices.tolist() == [5, 9]
+    assert batch.skipped == 3

@@ -1,3 +1,5 @@
+import hashlib
+import json
 import multiprocessing as mp
 import os
 
@@ -46,6 +48,34 @@ def test_key_changes_with_file_size_mtime_shape_and_params(tmp_path):
     assert cache.key(path, (4, 5), cfg) != base
     _image(tmp_path, value=10).write_bytes(path.read_bytes() + b"\0")
     assert cache.key(path, (4, 5), cfg) != base
+
+
+def test_every_region_source_has_its_own_key(tmp_path):
+    cache = SuperpixelCache(tmp_path / "cache")
+    path = _image(tmp_path)
+    methods = ["slic", "opencv_slic", "grid", "gt"]
+    keys = [cache.key(path, (4, 5), SuperpixelConfig(method=m)) for m in methods]
+    assert len(set(keys)) == len(methods)
+    for k, m in enumerate(methods):
+        cache.get_or_compute(
+            path, (4, 5), SuperpixelConfig(method=m), lambda k=k: np.full((4, 5), k, np.int32)
+        )
+    for k, key in enumerate(keys):
+        np.testing.assert_array_equal(cache.load(key), np.full((4, 5), k))
+
+
+def test_slic_keys_are_unchanged(tmp_path):
+    # Entries written before the region-source registry existed stay valid: same blob, same
+    # ALGORITHM_VERSION (fast-slic and the grid give the same maps as then).
+    cache = SuperpixelCache(tmp_path / "cache")
+    path = _image(tmp_path)
+    st = os.stat(path)
+    params = {"method": "slic", "region_size": 20, "compactness": 10.0, "iterations": 5}
+    blob = json.dumps(
+        [2, str(path.resolve()), st.st_size, st.st_mtime_ns, [4, 5], {**params, "blur": 3}],
+        sort_keys=True,
+    )
+    assert cache.key(path, (4, 5), SuperpixelConfig()) == hashlib.sha256(blob.encode()).hexdigest()
 
 
 def test_corrupt_entry_is_recomputed(tmp_path):

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,9 +8,12 @@ from vice.config import SuperpixelConfig
 from vice.data.datasets.synthetic import SyntheticSource
 from vice.data.image_io import pil_to_rgb_uint8
 from vice.data.superpixels import (
+    OPENCV_MIN_ELEMENT_PERCENT,
+    SUPERPIXELS,
     compute_superpixels,
     gaussian_blur_uint8,
     grid_superpixels,
+    opencv_slic_superpixels,
     relabel_contiguous,
     slic_superpixels,
 )
@@ -80,6 +84,24 @@ def test_compute_dispatches_on_method():
     img = _textured(index=5)
     grid = compute_superpixels(img, SuperpixelConfig(method="grid"))
     np.testing.assert_array_equal(grid, grid_superpixels(*img.shape[:2], 20))
+    cfg = SuperpixelConfig(method="opencv_slic", region_size=16, compactness=20, iterations=3)
+    np.testing.assert_array_equal(
+        compute_superpixels(img, cfg), opencv_slic_superpixels(img, 16, 20.0, 3, 3)
+    )
+    slic = SuperpixelConfig(region_size=16, compactness=20, iterations=3, blur=5)
+    np.testing.assert_array_equal(
+        compute_superpixels(img, slic), slic_superpixels(img, 16, 20.0, 3, 5)
+    )
+    assert list(SUPERPIXELS) == ["slic", "opencv_slic", "grid"]
+
+
+def test_compute_superpixels_sends_gt_to_compute_regions():
+    with pytest.raises(ValueError, match=r"method='gt': .* use vice.data.regions.compute_regions"):
+        compute_superpixels(_natural(0, (40, 40)), SuperpixelConfig(method="gt"))
+    with pytest.raises(
+        ValueError, match=r"method='nope': one of \['slic', 'opencv_slic', 'grid'\]"
+    ):
+        compute_superpixels(_natural(0, (40, 40)), SuperpixelConfig(method="nope"))
 
 
 def test_relabel_contiguous_keeps_order():
@@ -133,3 +155,103 @@ def test_blur_is_the_gaussian_of_opencvs_sigma_rule(kernel):
     assert out.dtype == np.uint8 and out.shape == img.shape
     assert np.abs(out - ref).max() <= 1.05
     assert gaussian_blur_uint8(img, 1) is img
+
+
+# --- OpenCV-contrib SLIC (data.superpixels.method=opencv_slic) ---------------------------------
+
+
+def test_opencv_slic_is_opencvs_slic_on_the_blurred_image():
+    """The published ViCE call: algorithm SLIC, ruler = compactness, iterate, connectivity."""
+    img = _natural(5, (120, 160))
+    sp = cv2.ximgproc.createSuperpixelSLIC(
+        gaussian_blur_uint8(img, 3), algorithm=cv2.ximgproc.SLIC, region_size=12, ruler=15.0
+    )
+    sp.iterate(4)
+    sp.enforceLabelConnectivity(OPENCV_MIN_ELEMENT_PERCENT)
+    expected = relabel_contiguous(sp.getLabels())
+    np.testing.assert_array_equal(opencv_slic_superpixels(img, 12, 15.0, 4, 3), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_opencv_slic_about_region_size_squared_pixels_per_region(seed):
+    img = _natural(seed)
+    ids = opencv_slic_superpixels(img)
+    _assert_contiguous(ids)
+    assert ids.shape == img.shape[:2]
+    # 25 x 33 seeds (round(side / 20)); merging fragments leaves 860-865 here (measured).
+    target = img.shape[0] * img.shape[1] / 400  # 833.75
+    assert 0.9 * target <= ids.max() + 1 <= 1.15 * target
+    n40 = opencv_slic_superpixels(img, region_size=40).max() + 1
+    assert 3.0 < (ids.max() + 1) / n40 < 5.0  # 4x fewer cells at twice the side
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3])
+def test_opencv_slic_on_high_contrast_textures(index):
+    # Stripe and dot textures fragment SLIC's RGB clusters; connectivity enforcement merges
+    # the fragments below a quarter cell, so the count moves more than fast-slic's (measured:
+    # 384-831 for a target of 625).
+    ids = opencv_slic_superpixels(_textured(index=index))
+    _assert_contiguous(ids)
+    assert 0.5 * 625 <= ids.max() + 1 <= 1.5 * 625
+
+
+def test_opencv_slic_is_deterministic_for_any_thread_count():
+    img = _textured(index=2)
+    threads = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        one = opencv_slic_superpixels(img)
+        cv2.setNumThreads(4)
+        four = opencv_slic_superpixels(img.copy())
+    finally:
+        cv2.setNumThreads(threads)
+    np.testing.assert_array_equal(one, four)
+    np.testing.assert_array_equal(one, opencv_slic_superpixels(img))
+
+
+def _two_colours(noise: float, seed: int):
+    """A red disc on blue (240 x 320), its boundary off the seed grid; mask of pixels farther
+    than 1.5 px from the boundary (the 3x3 blur mixes colours within it), inside-disc mask."""
+    yy, xx = np.mgrid[:240, :320]
+    r = np.sqrt((xx - 150.3) ** 2 + (yy - 118.7) ** 2)
+    inside = r < 83.0
+    img = np.where(inside[..., None], np.array([200, 40, 40]), np.array([30, 60, 190]))
+    img = img + np.random.default_rng(seed).normal(0, noise, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), np.abs(r - 83.0) > 1.5, inside
+
+
+def _crossing_pixels(ids, far, inside) -> int:
+    """Pixels (outside the blur band) on the minority side of their region, summed."""
+    n = ids.max() + 1
+    ins = np.bincount(ids.ravel(), (far & inside).ravel(), n)
+    out = np.bincount(ids.ravel(), (far & ~inside).ravel(), n)
+    return int(np.minimum(ins, out).sum())
+
+
+def test_opencv_slic_follows_a_strong_colour_edge():
+    img, far, inside = _two_colours(noise=0.0, seed=0)
+    ids = opencv_slic_superpixels(img)
+    _assert_contiguous(ids)
+    assert _crossing_pixels(ids, far, inside) == 0  # every region on one side of the edge
+    grid = _crossing_pixels(grid_superpixels(240, 320, 20), far, inside)
+    assert grid == 1795  # what ignoring the image costs
+    for seed in range(3):
+        # Mild sensor noise: a few stray pixels at most (measured 0-39).
+        img, far, inside = _two_colours(noise=4.0, seed=seed)
+        assert _crossing_pixels(opencv_slic_superpixels(img), far, inside) < 0.05 * grid
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (12, 9), (25, 17), (2, 200), (200, 9)])
+def test_opencv_slic_very_small_images(shape):
+    # OpenCV seeds round(side / region_size) cells per side and segfaults on 0: one region.
+    img = np.random.default_rng(0).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    ids = opencv_slic_superpixels(img)
+    assert ids.shape == shape
+    _assert_contiguous(ids)
+    np.testing.assert_array_equal(ids, 0)
+    assert opencv_slic_superpixels(np.zeros((10, 40, 3), np.uint8), region_size=20).max() == 0
+
+
+def test_opencv_slic_rejects_non_rgb():
+    with pytest.raises(ValueError, match=r"RGB uint8"):
+        opencv_slic_superpixels(np.zeros((10, 10, 3), np.float32))

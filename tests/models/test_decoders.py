@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vice import config
 from vice.config import ModelConfig
 from vice.models.decoders import (
     DECODERS,
@@ -27,8 +26,12 @@ def fake_features(backbone: str, output_stride: int, h: int, w: int, batch: int 
     return channels, features
 
 
-def test_registry_matches_config_names() -> None:
-    assert sorted(DECODERS) == sorted(config.DECODERS)
+def test_config_checks_names_against_the_registry() -> None:
+    for name in DECODERS:
+        ModelConfig(decoder=name, fpn_normalize_laterals=False).validate()
+    expected = r"model\.decoder='unet': one of \[.deeplabv3plus., .fpn.\]"
+    with pytest.raises(ValueError, match=expected):
+        ModelConfig(decoder="unet").validate()
 
 
 @pytest.mark.parametrize("decoder", sorted(DECODERS))

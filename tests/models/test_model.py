@@ -26,12 +26,10 @@ def test_resnet18_output_shape_and_unit_norm(decoder, output_stride, size) -> No
         output_stride=output_stride,
         decoder=decoder,
         embed_dim=32,
-        num_prototypes=7,
     )
     model = build_model(cfg).eval()
     assert isinstance(model, DenseEmbeddingModel)
-    assert isinstance(model.prototypes, Prototypes)
-    assert model.prototypes.weight.shape == (7, 32)
+    assert not any(isinstance(m, Prototypes) for m in model.modules())  # the method's
     with torch.no_grad():
         z = model(torch.randn(2, 3, *size))
     assert z.shape == (2, 32, *size) and z.dtype == torch.float32
@@ -69,7 +67,6 @@ def test_gradients_reach_every_trunk_and_decoder_parameter(decoder) -> None:
     (z * torch.randn_like(z)).sum().backward()
     for name, p in [*model.backbone.named_parameters(), *model.decoder.named_parameters()]:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert model.prototypes.weight.grad is None  # scored by the loss, not by forward
 
 
 def test_bf16_autocast_keeps_float32_unit_output() -> None:
@@ -81,7 +78,7 @@ def test_bf16_autocast_keeps_float32_unit_output() -> None:
 
 
 def test_parameter_counts_add_up() -> None:
-    cfg = ModelConfig(backbone="resnet18", decoder="fpn", embed_dim=32, num_prototypes=9)
+    cfg = ModelConfig(backbone="resnet18", decoder="fpn", embed_dim=32)
     model = build_model(cfg)
     tv = torchvision.models.resnet18(weights=None)
     trunk = sum(p.numel() for p in tv.parameters()) - tv.fc.weight.numel() - tv.fc.bias.numel()
@@ -89,7 +86,7 @@ def test_parameter_counts_add_up() -> None:
     # FPN: four 1x1 laterals to 128 (with bias) + a 1x1 head to 32 (with bias).
     fpn = sum(c * 128 + 128 for c in (64, 128, 256, 512)) + 128 * 32 + 32
     assert sum(p.numel() for p in model.decoder.parameters()) == fpn
-    assert sum(p.numel() for p in model.parameters()) == trunk + fpn + 9 * 32
+    assert sum(p.numel() for p in model.parameters()) == trunk + fpn
 
 
 def test_build_model_is_seeded_by_global_rng() -> None:

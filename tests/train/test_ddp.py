@@ -28,7 +28,7 @@ import torch
 from vice.config import Config
 from vice.models import build_model
 from vice.pipeline import write_config
-from vice.train.trainer import FINAL_WEIGHTS
+from vice.run_dir import RunDir
 
 from .test_trainer import tiny_config
 
@@ -69,7 +69,7 @@ def _run(cfg: Config, run_dir: Path, procs: int, script: list[str]) -> dict:
         capture_output=True,
         timeout=600,
     )
-    return torch.load(run_dir / FINAL_WEIGHTS, weights_only=True)
+    return torch.load(RunDir(run_dir).final_weights, weights_only=True)
 
 
 def _initial_weights(cfg: Config, dtype: torch.dtype) -> dict:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vice.pipeline import write_config
+from vice.run_dir import RunDir
 from vice.train.stop import (
     STOPS_FILE,
     StopEvent,
@@ -19,7 +20,6 @@ from vice.train.stop import (
     read_stops,
     record_stop,
 )
-from vice.train.trainer import FINAL_WEIGHTS
 
 from .test_trainer import tiny_config
 
@@ -122,14 +122,14 @@ def test_sigterm_through_torchrun_stops_all_ranks_and_resume_is_bit_exact(tmp_pa
         assert len(stops) == stop_number, out
         assert stops[-1].signal == "SIGTERM"
         assert "checkpoint saved" in out
-        assert not (stopped / FINAL_WEIGHTS).exists()
+        assert not RunDir(stopped).final_weights.exists()
     proc = _torchrun(stopped, 2)
     out = proc.stdout.read()
     assert proc.wait(timeout=600) == 0, out
     assert "resumed from" in out
 
-    a = torch.load(runs["straight"] / FINAL_WEIGHTS, weights_only=True)
-    b = torch.load(stopped / FINAL_WEIGHTS, weights_only=True)
+    a = torch.load(RunDir(runs["straight"]).final_weights, weights_only=True)
+    b = torch.load(RunDir(stopped).final_weights, weights_only=True)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

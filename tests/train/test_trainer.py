@@ -7,7 +7,6 @@ from vice.config import (
     Config,
     DataConfig,
     EvalConfig,
-    MethodConfig,
     ModelConfig,
     OptimConfig,
     SuperpixelConfig,
@@ -16,8 +15,10 @@ from vice.config import (
     TrainerConfig,
     ViewConfig,
 )
+from vice.methods import ViceConfig
+from vice.run_dir import RunDir
 from vice.train.checkpoint import CheckpointManager
-from vice.train.trainer import FINAL_WEIGHTS, train
+from vice.train.trainer import CHECKPOINT_FORMAT, train
 
 
 def tiny_config(steps: int = 6, workers: int = 0) -> Config:
@@ -29,8 +30,10 @@ def tiny_config(steps: int = 6, workers: int = 0) -> Config:
             superpixels=SuperpixelConfig(region_size=8),
             views=ViewConfig(short_side=64, view_size=48, num_views=3),
         ),
-        model=ModelConfig(backbone="resnet18", output_stride=16, num_prototypes=8, embed_dim=16),
-        method=MethodConfig(queue_length=64, queue_start=2, freeze_prototypes_iters=1),
+        model=ModelConfig(backbone="resnet18", output_stride=16, embed_dim=16),
+        method=ViceConfig(
+            num_prototypes=8, queue_length=64, queue_start=2, freeze_prototypes_iters=1
+        ),
         optim=OptimConfig(warmup_iters=2, lr=0.2),
         trainer=TrainerConfig(
             max_steps=steps, log_every=2, checkpoint_every=100, threads_per_process=1
@@ -41,7 +44,7 @@ def tiny_config(steps: int = 6, workers: int = 0) -> Config:
 
 
 def _weights(run_dir):
-    return torch.load(run_dir / FINAL_WEIGHTS, weights_only=True)
+    return torch.load(RunDir(run_dir).final_weights, weights_only=True)
 
 
 @pytest.mark.slow
@@ -56,7 +59,9 @@ def test_resume_is_bit_exact(tmp_path):
     assert [c.step for c in ckpts] == [3]
     state, _ = CheckpointManager(tmp_path / "b" / "checkpoints").load_latest()
     assert state["sampler"] == {"epoch": 0, "position": 6, "seed": 0}
-    assert state["ranks"][0]["method"]["queue"] is not None and not state["prototypes_frozen"]
+    assert state["format"] == CHECKPOINT_FORMAT and state["method_name"] == "vice"
+    assert state["ranks"][0]["method"]["queue"] is not None
+    assert "prototypes.weight" in state["method"] and "network.decoder.head.weight" not in state
     resumed = train(cfg, tmp_path / "b")
     assert resumed["status"] == "completed" and resumed["steps"] == 6
 

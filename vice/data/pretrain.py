@@ -18,8 +18,8 @@ from vice.data.collate import collate_vice
 from vice.data.datasets.base import ImageSource
 from vice.data.image_io import UnreadableImageError
 from vice.data.sample import ViceSample, build_views
+from vice.data.regions import check_regions, compute_regions
 from vice.data.superpixel_cache import SuperpixelCache
-from vice.data.superpixels import compute_superpixels
 from vice.data.views import standardise
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class ViceDataset(torch.utils.data.Dataset):
     def __init__(self, source: ImageSource, cfg: DataConfig, keep_debug: bool = False) -> None:
         if len(source) == 0:
             raise ValueError(f"data set {type(source).__name__} is empty")
+        check_regions(source, cfg.superpixels)
         self.source = source
         self.cfg = cfg
         self.keep_debug = keep_debug
@@ -56,17 +57,7 @@ class ViceDataset(torch.utils.data.Dataset):
         img = self.source.load_image(index)
         vcfg = self.cfg.views
         img = standardise(img, vcfg.short_side, vcfg.max_side)
-        path = self.source.path(index)
-        if self.cache is not None and path is not None:
-            ids = self.cache.get_or_compute(
-                path,
-                img.shape[:2],
-                self.cfg.superpixels,
-                lambda: compute_superpixels(img, self.cfg.superpixels),
-            )
-        else:
-            ids = compute_superpixels(img, self.cfg.superpixels)
-        return img, ids
+        return img, compute_regions(self.source, index, img, self.cfg.superpixels, self.cache)
 
     def _substitute(self, epoch: int, index: int, attempt: int) -> int:
         rng = np.random.default_rng([self.cfg.seed, epoch, index, _SUBSTITUTE, attempt])

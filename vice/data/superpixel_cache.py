@@ -1,7 +1,9 @@
-"""On-disk cache of superpixel id maps, shared safely by loader workers and nodes.
+"""On-disk cache of region id maps, shared safely by loader workers and nodes.
 
-Entries are keyed by the source file (path, size, mtime) and every parameter that changes the
-map, so an edited image or a new setting never reads a stale entry. Writers use a private
+Entries are keyed by the file the map is computed from (path, size, mtime: the image, or the
+instance map for ground-truth regions), the map's shape and every SuperpixelConfig parameter,
+the region source's name (`method`) included, so an edited file, a new setting or another
+source never reads a stale or foreign entry. Writers use a private
 temporary file in the destination directory and `os.replace` it into place: readers see either
 no entry or a whole one, and concurrent writers of the same entry simply race to an identical
 result.
@@ -35,7 +37,9 @@ class SuperpixelCache:
         self.misses = 0
 
     def key(self, path: str | Path, shape: tuple[int, int], cfg: SuperpixelConfig) -> str:
+        """The entry name of the map computed from file `path` at `shape` under `cfg`."""
         stat = os.stat(path)
+        # cfg.method is one of the params: slic, opencv_slic, grid and gt never share entries.
         params = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
         blob = json.dumps(
             [

@@ -26,6 +26,9 @@ COCO_DIRS = {"train": "train2017", "val": "val2017", "unlabeled": "unlabeled2017
 #: Raw Cityscapes labelIds written into every gtFine map, and their 27-class ids.
 CITYSCAPES_LABEL_IDS = (0, 6, 7, 8, 24, 26, 33, 34, 255)
 CITYSCAPES_CLASSES = (255, 255, 0, 1, 17, 19, 26, 255, 255)
+#: Raw gtFine instanceIds written into every train/val instance map: void, road, sidewalk,
+#: a car crowd (bare labelId 26), two persons (24 * 1000 + k), a car, a bicycle.
+CITYSCAPES_INSTANCE_IDS = (0, 7, 8, 26, 24000, 24001, 26000, 33001)
 #: split -> city -> number of frames, as in a (very) reduced Cityscapes.
 CITYSCAPES_FRAMES = {
     "train": {"bochum": 1, "aachen": 2},
@@ -58,6 +61,14 @@ def write_label(path: Path, values: tuple[int, ...], size: tuple[int, int]) -> N
     """Writes a single-channel 8-bit PNG label map cycling through `values`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(label_pattern(values, size), "L").save(path)
+
+
+def write_label16(path: Path, values: tuple[int, ...], size: tuple[int, int]) -> None:
+    """Writes a 16-bit PNG id map cycling through `values`, as Cityscapes instanceIds are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = size[0] * size[1]
+    ids = np.resize(np.asarray(values, dtype=np.uint16), count).reshape(size)
+    Image.fromarray(ids).save(path)
 
 
 def write_truncated_jpeg(path: Path) -> None:
@@ -119,7 +130,8 @@ def make_cityscapes_tree(
         root: where to build the tree.
         frames: split -> city -> number of frames; CITYSCAPES_FRAMES by default.
         labels: also write gtFine/<split>/<city>/..._gtFine_{labelIds,color,instanceIds}.png
-            and _polygons.json for train, val and test (test maps are all void, as released).
+            and _polygons.json for train, val and test (test maps are all void, as released;
+            train/val instanceIds cycle through CITYSCAPES_INSTANCE_IDS).
         size: (height, width) of every image and label map.
     """
     frames = CITYSCAPES_FRAMES if frames is None else frames
@@ -133,8 +145,9 @@ def make_cityscapes_tree(
                 gt = root / "gtFine" / split / city
                 ids = (0,) if split == "test" else CITYSCAPES_LABEL_IDS
                 write_label(gt / f"{name}_gtFine_labelIds.png", ids, size)
+                instances = (0,) if split == "test" else CITYSCAPES_INSTANCE_IDS
+                write_label16(gt / f"{name}_gtFine_instanceIds.png", instances, size)
                 # The other gtFine files of the release, which a source must not pick up.
-                write_label(gt / f"{name}_gtFine_instanceIds.png", (26,), size)
                 write_rgb(gt / f"{name}_gtFine_color.png", size)
                 (gt / f"{name}_gtFine_polygons.json").write_text(json.dumps({"objects": []}))
     return root

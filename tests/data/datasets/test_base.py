@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from vice.config import DataConfig
@@ -29,3 +30,20 @@ def test_build_source_synthetic_splits_and_labels():
 def test_folder_has_no_labels_for_evaluation(tmp_path):
     with pytest.raises(ValueError, match="'folder' has no labels"):
         build_source(DataConfig(dataset="folder", root=str(tmp_path)), labels=True)
+
+
+def test_sources_have_no_instances_unless_they_say_so():
+    class Bare(ImageSource):
+        def __len__(self):
+            return 1
+
+        def key(self, index):
+            return "bare"
+
+        def load_image(self, index):
+            return np.zeros((4, 4, 3), np.uint8)
+
+    bare = Bare()
+    assert not bare.has_instances and bare.instance_path(0) is None
+    with pytest.raises(NotImplementedError, match="Bare has no instance maps for this split"):
+        bare.load_instances(0)

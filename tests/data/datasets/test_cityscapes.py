@@ -9,6 +9,7 @@ import pytest
 
 from tests.data.datasets.fixtures import (
     CITYSCAPES_CLASSES,
+    CITYSCAPES_INSTANCE_IDS,
     CITYSCAPES_LABEL_IDS,
     label_pattern,
     make_cityscapes_tree,
@@ -95,6 +96,36 @@ def test_missing_label_map_fails(city_root):
     with pytest.raises(DatasetRootError) as info:
         CityscapesSource(str(city_root), split="val", labels=True)
     assert str(missing) in str(info.value)
+
+
+def test_instance_maps_of_train_and_val(city_root):
+    source = CityscapesSource(str(city_root), split="train+val")  # no labels=True needed
+    assert source.has_instances and not source.has_labels
+    path = source.instance_path(3)
+    assert path == city_root / "gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_instanceIds.png"
+    # Raw 16-bit ids: labelId * 1000 + k for instances, the bare labelId for stuff and crowds.
+    expected = np.resize(np.array(CITYSCAPES_INSTANCE_IDS), 8 * 16).reshape(8, 16)
+    for i in range(len(source)):
+        ids = source.load_instances(i)
+        assert ids.dtype == np.int64
+        np.testing.assert_array_equal(ids, expected)
+
+
+@pytest.mark.parametrize("split", ["test", "train_extra", "train+test", "all"])
+def test_no_instances_outside_train_and_val(city_root, split):
+    source = CityscapesSource(str(city_root), split=split)
+    assert not source.has_instances and source.instance_path(0) is None
+    with pytest.raises(NotImplementedError, match="no instance maps"):
+        source.load_instances(0)
+
+
+def test_missing_instance_map_fails_loudly(city_root):
+    source = CityscapesSource(str(city_root), split="val")
+    source.instance_path(1).unlink()
+    source.load_instances(0)
+    # A broken gtFine download, not a corrupt image for the loader to skip.
+    with pytest.raises(DatasetRootError, match=r"instance map missing: .*frankfurt_000001"):
+        source.load_instances(1)
 
 
 def test_unknown_split_names_key_value_and_choices(city_root):

@@ -82,6 +82,30 @@ def test_image_and_label_agree_and_cache_returns_copies() -> None:
     np.testing.assert_array_equal(src.load_label(1), label)
 
 
+def test_instances_are_the_drawn_objects() -> None:
+    src = SyntheticSource(size=(48, 80), length=20, seed=5)
+    assert src.has_instances and src.instance_path(0) is None
+    for i in range(20):
+        image, label = src.sample(i)
+        inst = src.load_instances(i)
+        assert inst.shape == (48, 80) and inst.dtype == np.int64
+        # 0 is the background, 1..6 the objects (2 to 6 per image), later ones on top.
+        assert inst.min() >= 0 and inst.max() <= 6
+        for k in np.unique(inst):
+            assert np.unique(label[inst == k]).size == 1  # one class per instance
+        # The image and label did not change by asking for instances.
+        again_image, again_label = src.sample(i)
+        np.testing.assert_array_equal(again_image, image)
+        np.testing.assert_array_equal(again_label, label)
+    # Copies, as for images and labels; and a fresh source regenerates the same map.
+    inst = src.load_instances(3)
+    inst[:] = -1
+    np.testing.assert_array_equal(
+        src.load_instances(3), SyntheticSource(size=(48, 80), length=20, seed=5).load_instances(3)
+    )
+    assert src.load_instances(3).min() == 0
+
+
 def test_index_out_of_range() -> None:
     src = SyntheticSource(length=3, size=32)
     for bad in (3, 100, -1):

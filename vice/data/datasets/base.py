@@ -1,7 +1,8 @@
 """The interface every image source implements, and the errors they raise.
 
 A source knows how many images it has and how to load image i (and its label map, for
-evaluation splits). It knows nothing of views, superpixels or batching.
+evaluation splits, and its ground-truth instance map where the data set has one). It knows
+nothing of views, superpixels or batching.
 """
 
 from __future__ import annotations
@@ -56,3 +57,20 @@ class ImageSource(ABC):
     def load_label(self, index: int) -> np.ndarray:
         """Label map (H, W) int64 with ids in [0, num_classes) or IGNORE_INDEX."""
         raise NotImplementedError(f"{type(self).__name__} has no labels for this split")
+
+    @property
+    def has_instances(self) -> bool:
+        """Whether `load_instances` works: this split has ground-truth instance maps."""
+        return False
+
+    def instance_path(self, index: int) -> Path | None:
+        """The file behind the instance map of image `index`, or None (procedural or none)."""
+        return None
+
+    def load_instances(self, index: int) -> np.ndarray:
+        """Instance id map (H, W) int64 of image `index`, at the image's own size.
+
+        Every object instance has its own id; pixels of classes without instances (stuff,
+        crowds) share one id per class. Ids are non-negative, not necessarily contiguous.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no instance maps for this split")

@@ -3,6 +3,9 @@
 Pretraining in ViCE uses every split ("all", including train_extra); evaluation uses the
 27-class setting of unsupervised segmentation papers: labelIds 7..33 become classes 0..26
 and everything else (void classes 0..6, license plate, unknown values) is ignored.
+The gtFine instanceIds maps of train and val serve as ground-truth regions
+(data.superpixels.method=gt): labelId * 1000 + k for instance k of a thing class, the bare
+labelId for stuff, void and crowd pixels.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ SPLITS = ("train", "val", "test", "train_extra")
 LABELLED_SPLITS = ("train", "val")
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
+INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
 FIRST_LABEL_ID = 7  # labelId of "road", class 0; ids below are void classes
 
 LAYOUT = """\
@@ -29,9 +33,11 @@ LAYOUT = """\
     val/frankfurt/frankfurt_000000_000294_leftImg8bit.png ...
     test/berlin/berlin_000000_000019_leftImg8bit.png ...
     train_extra/augsburg/augsburg_000000_000000_leftImg8bit.png ...   (optional)
-  gtFine/                                                 (labels=True only)
+  gtFine/                 (labels=True: labelIds; data.superpixels.method=gt: instanceIds)
     train/aachen/aachen_000000_000019_gtFine_labelIds.png ...
+    train/aachen/aachen_000000_000019_gtFine_instanceIds.png ...
     val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png ...
+    val/frankfurt/frankfurt_000000_000294_gtFine_instanceIds.png ...
 """
 
 CLASS_NAMES = (
@@ -104,7 +110,9 @@ class CityscapesSource(ImageSource):
             raise root_error(
                 "Cityscapes", self.root, f"no images found for split {split!r}", LAYOUT
             )
-        self._labels = [self._label_path(p) for p in self._images] if labels else []
+        # Instances, like labels, exist only for train and val (test maps are all void).
+        self._has_instances = set(names) <= set(LABELLED_SPLITS)
+        self._labels = [self._gt_path(p, LABEL_SUFFIX) for p in self._images] if labels else []
         missing = [p for p in self._labels if not p.is_file()]
         if missing:
             # gtFine covers every train/val image; a gap means a broken or partial download.
@@ -115,10 +123,10 @@ class CityscapesSource(ImageSource):
                 LAYOUT,
             )
 
-    def _label_path(self, image: Path) -> Path:
+    def _gt_path(self, image: Path, suffix: str) -> Path:
         rel = image.relative_to(self.root / "leftImg8bit")
         stem = rel.name.removesuffix(IMAGE_SUFFIX)
-        return self.root / "gtFine" / rel.parent / f"{stem}{LABEL_SUFFIX}"
+        return self.root / "gtFine" / rel.parent / f"{stem}{suffix}"
 
     def __len__(self) -> int:
         return len(self._images)
@@ -141,3 +149,23 @@ class CityscapesSource(ImageSource):
         classes = ids - FIRST_LABEL_ID
         classes[(classes < 0) | (classes >= len(CLASS_NAMES))] = IGNORE_INDEX
         return classes
+
+    @property
+    def has_instances(self) -> bool:
+        return self._has_instances
+
+    def instance_path(self, index: int) -> Path | None:
+        if not self._has_instances:
+            return None
+        return self._gt_path(self._images[index], INSTANCE_SUFFIX)
+
+    def load_instances(self, index: int) -> np.ndarray:
+        """gtFine instanceIds map (H, W) int64: labelId * 1000 + k per instance of a thing
+        class, the labelId itself for stuff, void and crowd pixels."""
+        path = self.instance_path(index)
+        if path is None:
+            return super().load_instances(index)
+        if not path.is_file():
+            # Not an unreadable image to skip: gtFine is missing or partly downloaded.
+            raise root_error("Cityscapes", self.root, f"instance map missing: {path}", LAYOUT)
+        return load_label_png(path)

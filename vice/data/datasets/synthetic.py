@@ -1,4 +1,5 @@
-"""The embedded default data set: procedural texture scenes with exact semantic labels.
+"""The embedded default data set: procedural texture scenes with exact semantic labels (and
+instance maps: which drawn object each pixel shows).
 
 Each image is a background region plus a few overlapping objects (ellipses, rectangles,
 polygons, blobs). Every region belongs to a semantic class, and the class is carried only by
@@ -261,7 +262,8 @@ _NUM_SHAPES = 4
 
 
 class SyntheticSource(ImageSource):
-    """Procedural texture scenes with per-pixel semantic labels (the default data set).
+    """Procedural texture scenes with per-pixel semantic labels and instance ids (the default
+    data set).
 
     Args:
         root: Ignored; present so every source has the same constructor.
@@ -301,7 +303,7 @@ class SyntheticSource(ImageSource):
         self.seed = int(seed)
         self.num_classes = int(num_classes)
         self.class_names = tuple(name for name, _ in TEXTURES[: self.num_classes])
-        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._grids: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -333,21 +335,38 @@ class SyntheticSource(ImageSource):
         """Label map (H, W) int64 with ids in [0, num_classes)."""
         return self.sample(index)[1]
 
+    @property
+    def has_instances(self) -> bool:
+        return True
+
+    def load_instances(self, index: int) -> np.ndarray:
+        """Instance map (H, W) int64: 0 for the background, k for the k-th object drawn.
+
+        Objects occlude earlier ones, so a hidden object's id is absent and an occluded one
+        may be split in parts; two objects of one class keep two ids.
+        """
+        return self._cached(index)[3].astype(np.int64)  # a copy
+
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image and label of `index`, generated together so they always agree.
 
-        The last sample is cached because callers typically load the image and then the label
-        of the same index. Copies are returned so callers may modify them in place.
+        Copies are returned so callers may modify them in place.
         """
+        _, image, label, _ = self._cached(index)
+        return image.copy(), label.copy()
+
+    def _cached(self, index: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        # The last sample is kept because callers typically load the image and then the label
+        # (or the instances) of the same index.
         i = self._check_index(index)
         cached = self._cache
         if cached is None or cached[0] != i:
-            image, label = self._generate(i)
-            cached = (i, image, label)
+            cached = (i, *self._generate(i))
             self._cache = cached
-        return cached[1].copy(), cached[2].copy()
+        return cached
 
-    def _generate(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _generate(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image (H, W, 3) uint8, label (H, W) int64 and instance ids (H, W) of `index`."""
         rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
         H, W = self.height, self.width
         side = min(H, W)
@@ -416,7 +435,7 @@ class SyntheticSource(ImageSource):
             chan += noise[c]
             np.clip(chan, 0.0, 255.0, out=chan)
             image[..., c] = chan
-        return image, label
+        return image, label, region
 
     def _grid(self) -> tuple[np.ndarray, np.ndarray]:
         """Pixel-centre coordinate grids (x, y) as float32, built once per source."""

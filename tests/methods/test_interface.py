@@ -1,0 +1,147 @@
+"""The method interface carries a teacher-student method that the library does not know.
+
+`tests/methods/twin.py` (two views, EMA teacher, predictor head) trains through the real
+loop, stops and resumes bit-exactly with its teacher, is evaluated through `export()`, and
+runs as 2 gloo ranks equal to 1 process.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vice.config import EvalConfig, MaskConfig
+from vice.pipeline import evaluate_run, load_final_model, write_config
+from vice.run_dir import RunDir
+from vice.train.checkpoint import CheckpointManager
+from vice.train.trainer import train
+
+from ..train.test_trainer import tiny_config
+from .twin import TwinConfig, TwinMethod, register, unregister
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def twin_registered():
+    register()
+    yield
+    unregister()
+
+
+def twin_config(steps: int = 6):
+    cfg = tiny_config(steps=steps)
+    cfg.method = TwinConfig()
+    cfg.data.views.num_views = 2
+    cfg.data.masking = MaskConfig(enabled=False)
+    return cfg.validate()
+
+
+def _method_state(run_dir: Path) -> dict:
+    state, _ = CheckpointManager(RunDir(run_dir).checkpoints).load_latest()
+    assert state["method_name"] == "twin"
+    return state["method"]
+
+
+def test_settings_the_method_cannot_use_are_refused_by_name():
+    cfg = twin_config()
+    cfg.data.masking.enabled = True
+    with pytest.raises(ValueError, match=r"data\.masking\.enabled=True: twin does not mask"):
+        cfg.validate()
+    cfg = twin_config()
+    cfg.data.views.num_views = 3
+    with pytest.raises(ValueError, match=r"data\.views\.num_views=3: twin uses 2 views"):
+        cfg.validate()
+
+
+def test_method_keys_of_another_method_are_refused():
+    cfg = twin_config()
+    cfg.method.name = "vice"  # a TwinConfig that says vice
+    with pytest.raises(ValueError, match=r"method\.name='vice': the method's keys must be a"):
+        cfg.validate()
+
+
+@pytest.mark.slow
+def test_trains_resumes_bit_exactly_with_its_teacher_and_evaluates_through_export(tmp_path):
+    cfg = twin_config(steps=6)
+    straight = train(cfg, tmp_path / "a")
+    assert straight["status"] == "completed"
+    stopped = train(cfg, tmp_path / "b", should_stop=lambda step: step == 3)
+    assert stopped["status"] == "stopped" and stopped["steps"] == 3
+    assert int(_method_state(tmp_path / "b")["ema_updates"]) == 3
+    resumed = train(cfg, tmp_path / "b")
+    assert resumed["status"] == "completed" and resumed["steps"] == 6
+
+    a, b = _method_state(tmp_path / "a"), _method_state(tmp_path / "b")
+    assert a.keys() == b.keys() and any(k.startswith("teacher.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert int(a["ema_updates"]) == 6
+    # the teacher moved towards the student, and is not the student
+    head = "decoder.head.weight"
+    assert not torch.equal(a[f"teacher.{head}"], a[f"student.{head}"])
+
+    # model_final.pt is the exported teacher, and evaluation reads it
+    final = torch.load(RunDir(tmp_path / "a").final_weights, weights_only=True)
+    assert torch.equal(final[head], a[f"teacher.{head}"])
+    network = load_final_model(cfg, tmp_path / "a", torch.device("cpu"))
+    assert torch.equal(network.state_dict()[head], a[f"teacher.{head}"])
+    cfg.eval = EvalConfig(
+        image_size=32, max_images=4, cluster_counts=[8], linear=False, kmeans_iters=3
+    )
+    metrics = evaluate_run(cfg, tmp_path / "a")
+    assert 0.0 <= metrics["clustering.8.miou"] <= 1.0
+    assert RunDir(tmp_path / "a").metrics.is_file()
+
+
+def _torchrun(cfg, run_dir: Path, procs: int) -> dict:
+    cfg.data.batch_size = 4 // procs  # the same global batch
+    cfg.trainer.gpus_per_node = procs
+    run_dir.mkdir(parents=True)
+    write_config(cfg, run_dir)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes=1",
+            f"--nproc-per-node={procs}",
+            str(Path(__file__).with_name("twin_worker.py")),
+            str(run_dir),
+            "float64",
+        ],
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        timeout=600,
+    )
+    return _method_state(run_dir)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_equal_one_process_in_float64(tmp_path):
+    def config():
+        cfg = twin_config(steps=3)
+        cfg.data.synthetic.length = 8  # 2 global batches of 4 per epoch: crosses an epoch
+        return cfg
+
+    one = _torchrun(config(), tmp_path / "one", 1)
+    two = _torchrun(config(), tmp_path / "two", 2)
+    assert one.keys() == two.keys()
+    worst, worst_key = 0.0, None
+    for key, value in one.items():
+        if not value.dtype.is_floating_point:
+            assert torch.equal(value, two[key]), key
+            continue
+        assert value.dtype == torch.float64, key
+        scale = value.abs().max().clamp_min(1e-12)
+        rel = ((value - two[key]).abs().max() / scale).item()
+        if rel > worst:
+            worst, worst_key = rel, key
+    # float64 rounding through 3 steps (teacher, predictor and BatchNorm buffers included);
+    # rank-local BatchNorm statistics or an unaveraged gradient differ by >1e-3.
+    assert worst < 1e-9, (worst_key, worst)
