@@ -20,7 +20,7 @@ from vice.train.checkpoint import CheckpointManager
 from vice.train.trainer import train
 
 from ..train.test_trainer import tiny_config
-from .twin import TwinConfig, TwinMethod, register, unregister
+from .twin import TwinConfig, register, unregister
 
 ROOT = Path(__file__).resolve().parents[2]
 

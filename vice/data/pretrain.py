@@ -17,8 +17,8 @@ from vice.config import DataConfig
 from vice.data.collate import collate_vice
 from vice.data.datasets.base import ImageSource
 from vice.data.image_io import UnreadableImageError
-from vice.data.sample import ViceSample, build_views
 from vice.data.regions import check_regions, compute_regions
+from vice.data.sample import ViceSample, build_views
 from vice.data.superpixel_cache import SuperpixelCache
 from vice.data.views import standardise
 
