@@ -44,6 +44,7 @@ from vice.eval.features import extract_features, load_eval_set
 from vice.eval.trunk import TrunkLayer
 from vice.hydra_schema import register, to_config
 from vice.models import build_model
+from vice.pipeline import load_final_model
 from vice.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,9 +160,8 @@ def main() -> None:
         tic = time.monotonic()
         if not (run_dir / "model_final.pt").is_file():
             train(cfg, run_dir)
-        model = build_model(cfg.model)
-        model.load_state_dict(torch.load(run_dir / "model_final.pt", weights_only=True))
-        results[name] = eval_set.evaluate(run_dir / "eval", model=model.eval())
+        model = load_final_model(cfg, run_dir, torch.device("cpu"))
+        results[name] = eval_set.evaluate(run_dir / "eval", model=model)
         if args.trunk_layer:
             results[f"{name}/{args.trunk_layer}"] = eval_set.evaluate(
                 run_dir / f"eval_{args.trunk_layer}", TrunkLayer(model, args.trunk_layer)

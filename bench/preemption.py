@@ -42,10 +42,10 @@ from vice.train.optim import build_optimizer
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "smoke (R18 DeepLabV3+ OS16, K=16)": ModelConfig(
-        backbone="resnet18", output_stride=16, decoder="deeplabv3plus", num_prototypes=16
+        backbone="resnet18", output_stride=16, decoder="deeplabv3plus"
     ),
     "published (R50 DeepLabV3+ OS8, K=100)": ModelConfig(
-        backbone="resnet50", output_stride=8, decoder="deeplabv3plus", num_prototypes=100
+        backbone="resnet50", output_stride=8, decoder="deeplabv3plus"
     ),
 }
 

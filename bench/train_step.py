@@ -22,16 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from vice.config import DataConfig, MethodConfig, ModelConfig, OptimConfig
+from vice.config import Config, DataConfig, ModelConfig, OptimConfig
+from vice.data.batches import ViceBatch
 from vice.data.collate import collate_vice
 from vice.data.datasets import build_source
 from vice.data.pretrain import ViceDataset
-from vice.methods import ViceMethod
-from vice.models import build_model
+from vice.methods import ViceConfig, ViceMethod
 from vice.train.optim import build_optimizer
 
 
-def make_batch(views: int, images: int, size: int, superpixels: str = "slic") -> dict:
+def make_batch(views: int, images: int, size: int, superpixels: str = "slic") -> ViceBatch:
     cfg = DataConfig()
     cfg.superpixels.method = superpixels
     cfg.synthetic.size = max(128, size)
@@ -51,26 +51,31 @@ def peak_mb(device: torch.device) -> float:
 
 def time_steps(device, backbone, batch, steps, full: bool) -> float:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=backbone, num_prototypes=128)).to(device)
+    cfg = Config(
+        model=ModelConfig(backbone=backbone), method=ViceConfig(num_prototypes=128, queue_length=0)
+    )
+    method = ViceMethod(cfg).to(device)
     amp = device.type == "cuda"
     if amp:
-        model = model.to(memory_format=torch.channels_last)
-    method = ViceMethod(MethodConfig(queue_length=0), 128).to(device)
-    opt = build_optimizer(model, OptimConfig())
-    b = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        method = method.to(memory_format=torch.channels_last)
+    method.autocast = amp
+    model = method.export()
+    opt = build_optimizer(method.param_groups(OptimConfig().weight_decay), OptimConfig())
+    b = batch.to(device)
     proj = torch.randn(128, device=device)
 
     def one(step: int) -> None:
         if full:
-            loss, _ = method.loss(model, model.prototypes, b, step, autocast=amp)
+            loss, _ = method(b, step)
         else:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                z = model(b["views"].flatten(0, 1))
+                z = model(b.views.flatten(0, 1))
             loss = (z.float() * proj[:, None, None]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        method.before_optimizer_step(step)
         opt.step()
-        model.prototypes.normalize_()
+        method.after_optimizer_step(step)
 
     one(0)  # warm-up (allocator, autotuning)
     if device.type == "cuda":
@@ -91,7 +96,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--backbones", default="resnet18,resnet50")
     # grid: same region count and shapes for the step, where fast-slic cannot be built
-    p.add_argument("--superpixels", default="slic", choices=["slic", "grid"])
+    p.add_argument("--superpixels", default="slic", choices=["slic", "opencv_slic", "grid"])
     p.add_argument("--devices", default="cpu,cuda", help="cuda is skipped when absent")
     args = p.parse_args()
     wanted = args.devices.split(",")
@@ -101,7 +106,7 @@ def main() -> None:
     batch = make_batch(args.views, args.images, args.size, args.superpixels)
     print(
         f"batch: {args.images} images x {args.views} views of {args.size}px, "
-        f"{int(batch['num_regions'].sum())} regions; threads={torch.get_num_threads()}"
+        f"{int(batch.num_regions.sum())} regions; threads={torch.get_num_threads()}"
     )
     print(
         f"{'device':28s} {'backbone':10s} {'img/s':>8s} {'views/s':>8s} {'ms/step':>8s} "
@@ -118,8 +123,8 @@ def main() -> None:
             full = time_steps(device, backbone, batch, args.steps, full=True)
             mem = peak_mb(device)
             trunk = time_steps(device, backbone, batch, args.steps, full=False)
-            images = batch["views"].shape[1]
-            views = images * batch["views"].shape[0]
+            images = batch.views.shape[1]
+            views = images * batch.views.shape[0]
             print(
                 f"{name[:28]:28s} {backbone:10s} {images / full:8.2f} {views / full:8.2f} "
                 f"{full * 1e3:8.1f} {trunk * 1e3:9.1f} {full / trunk:8.2f}x {mem:8.0f}"

@@ -1,7 +1,9 @@
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 
 from vice.config import ViewConfig
+from vice.methods import ViceConfig
 from vice.hydra_schema import register, to_config
 
 from .test_packaging import ROOT
@@ -54,3 +56,35 @@ def test_saved_config_holds_no_secrets(tmp_path, monkeypatch):
     assert saved.tracking.uri == "https://alice:***@mlflow.example.org"
     assert saved.cluster.additional.api_key == "***"
     assert saved.optim.lr == cfg.optim.lr
+
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = to_config(compose("config", [f"experiment={experiment}", "data.root=/data"]))
+    assert isinstance(cfg.method, ViceConfig)
+
+
+def test_method_group_is_typed_by_the_method_schema():
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = to_config(compose("config", ["method=vice", "method.temperature=0.2"]))
+        assert isinstance(cfg.method, ViceConfig) and cfg.method.temperature == 0.2
+        with pytest.raises(ConfigCompositionException):
+            compose("config", ["method=slotcon"])  # no such method (yet)
+        with pytest.raises(ConfigCompositionException, match=r"method\.temperature=warm"):
+            compose("config", ["method.temperature=warm"])  # a float, by ViceConfig
+    with pytest.raises(ValueError, match=r"unknown config key method\.tau"):
+        to_config({"method": {"name": "vice", "tau": 1.0}})
+    with pytest.raises(ValueError, match=r"method\.name='slotcon': one of \['vice'\]"):
+        to_config({"method": {"name": "slotcon"}})
+
+
+def test_config_written_before_the_method_interface_still_loads():
+    """`model.num_prototypes` was ViCE's prototype count; it is `method.num_prototypes`."""
+    cfg = to_config({"model": {"num_prototypes": 9}, "method": {"name": "vice"}})
+    assert cfg.method.num_prototypes == 9 and not hasattr(cfg.model, "num_prototypes")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vice.config import DATASET_NAMES, DataConfig
-from vice.data.datasets import build_source
+from vice.config import DataConfig
+from vice.data.datasets import DATASETS, build_source
 from vice.data.pretrain import ViceDataset
 from vice.viz.views_figure import render_views_figure
 
@@ -21,7 +21,7 @@ from vice.viz.views_figure import render_views_figure
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = DataConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES)
+    p.add_argument("--dataset", default="synthetic", choices=sorted(DATASETS))
     p.add_argument("--root", default=None, help="data set directory (not for synthetic)")
     p.add_argument("--split", default=None, help="split name (default: the data set's own)")
     p.add_argument("--index", type=int, default=0)
