@@ -3,8 +3,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from vice.config import ViewConfig
-from vice.methods import ViceConfig
 from vice.hydra_schema import register, to_config
+from vice.methods import ViceConfig
 
 from .test_packaging import ROOT
 
