@@ -45,6 +45,7 @@ from vice.eval.trunk import TrunkLayer
 from vice.hydra_schema import register, to_config
 from vice.models import build_model
 from vice.pipeline import load_final_model
+from vice.run_dir import RunDir
 from vice.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +159,7 @@ def main() -> None:
         cfg = config([*args.overrides, *VARIANTS[name]], args.steps, args.eval_images)
         run_dir = out / name
         tic = time.monotonic()
-        if not (run_dir / "model_final.pt").is_file():
+        if not RunDir(run_dir).final_weights.is_file():
             train(cfg, run_dir)
         model = load_final_model(cfg, run_dir, torch.device("cpu"))
         results[name] = eval_set.evaluate(run_dir / "eval", model=model)

@@ -36,6 +36,7 @@ import torch
 
 from vice.config import ModelConfig, OptimConfig
 from vice.models import build_model
+from vice.run_dir import RunDir
 from vice.train.checkpoint import CheckpointManager
 from vice.train.optim import build_optimizer
 
@@ -110,7 +111,7 @@ def cluster_requeue(workdir: Path, at_step: int = 4) -> dict[str, float]:
         while _state(job).startswith(("RUNNING", "COMPLETING")):
             time.sleep(0.2)
         t_exit = time.time()
-        stops_file = run_dir / "stops.jsonl"
+        stops_file = RunDir(run_dir).stops
         if not stops_file.exists():
             raise SystemExit(f"the job exited without recording a stop: see {run_dir}/slurm")
         stops = [json.loads(x) for x in stops_file.read_text().splitlines()]

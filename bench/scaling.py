@@ -136,7 +136,9 @@ def step_times(run_dir: Path, tracking_uri: str) -> dict[int, float]:
     """Step -> seconds since the epoch at which rank 0 logged it (MLflow metric timestamps)."""
     from mlflow.tracking import MlflowClient
 
-    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    from vice.run_dir import RunDir
+
+    run_id = RunDir(run_dir).mlflow_run_id.read_text().strip()
     history = MlflowClient(tracking_uri).get_metric_history(run_id, "loss")
     return {m.step: m.timestamp / 1000 for m in history}
 

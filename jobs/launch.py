@@ -16,16 +16,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+# Hydra finds a launcher only by importing the `hydra_plugins` namespace package from
+# sys.path (hydra.searchpath adds config sources, not plugin code), and the editable install
+# ships `vice*` only (pyproject.toml): so the checkout (for `jobs.*`) and jobs/ (for
+# jobs/hydra_plugins/) go on sys.path here. Python's own script-directory entry covers jobs/
+# for `python jobs/launch.py` only: not under `python -P`, PYTHONSAFEPATH=1, `-m jobs.launch`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# jobs/ on the path also makes jobs/hydra_plugins/ part of the `hydra_plugins` namespace
-# package, where Hydra's plugin scan (at hydra.main time, after this) finds our launcher.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from jobs.preflight import check_data
+from jobs.preflight import check_data, check_local
 from vice.hydra_schema import register, to_config
 
 register()
@@ -46,6 +49,7 @@ def print_summary(metrics: dict, run_dir: Path, tracker) -> None:
 def main(cfg: DictConfig) -> str:
     try:
         config = to_config(cfg)
+        check_local(config)
         check_data(config)
     except ValueError as err:
         print(f"config error: {err}", file=sys.stderr)
@@ -54,17 +58,12 @@ def main(cfg: DictConfig) -> str:
     run_dir.mkdir(parents=True, exist_ok=True)
     config.run_dir = str(run_dir)
 
-    from local import run_local
+    from jobs.local import run_local
+    from jobs.stages import open_run
 
-    from vice.pipeline import render_views, write_config
-    from vice.tracking import build_tracker
-
-    write_config(config, run_dir)
-    tracker = build_tracker(config.tracking, run_dir, run_name=config.tracking.run_name)
-    tracker.log_artifact(run_dir / "config.yaml")
-    for path in render_views(config, run_dir):
-        tracker.log_artifact(path, "views")
-    metrics = run_local(config, run_dir, tracker)
+    tracker = open_run(config, run_dir)
+    tracker.close()  # training's rank 0 logs into the same run meanwhile
+    metrics = run_local(config, run_dir)
     print_summary(metrics, run_dir, tracker)
     return str(run_dir)
 

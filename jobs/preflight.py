@@ -74,15 +74,27 @@ def slic_problem(python: str = sys.executable, probe: str = SLIC_PROBE) -> str |
 def check_superpixels(config: Config) -> None:
     """Raises when the configured superpixels cannot be computed by this Python."""
     if config.data.superpixels.method != "slic":
-        return
+        return  # only the "slic" region source runs fast-slic; the others need no probe
     problem = slic_problem()
     if problem:
         raise _fail(
             "data.superpixels.method",
             "slic",
             f"fast-slic {problem} under {sys.executable}; rebuild it there "
-            f"({FAST_SLIC_REINSTALL}) or use data.superpixels.method=grid (the ablation, not "
-            "ViCE)",
+            f"({FAST_SLIC_REINSTALL}), use data.superpixels.method=opencv_slic (OpenCV-contrib's "
+            "SLIC, as the published ViCE code) or use data.superpixels.method=grid (the "
+            "ablation, not ViCE)",
+        )
+
+
+def check_local(config: Config) -> None:
+    """What a run without -m cannot do: torchrun runs standalone, on this machine only."""
+    if config.trainer.nodes != 1:
+        raise _fail(
+            "trainer.nodes",
+            config.trainer.nodes,
+            "a run without -m uses this machine only; add -m to submit it to SLURM, "
+            "or set trainer.nodes=1",
         )
 
 
@@ -91,9 +103,11 @@ def check_data(config: Config) -> None:
     written or tracked (the error names the path and the expected layout), and computes one
     small set of superpixels the way the loader will (check_superpixels)."""
     from vice.data.datasets import build_source
+    from vice.data.regions import check_regions
 
     check_superpixels(config)
-    build_source(config.data)
+    # e.g. data.superpixels.method=gt on a data set without instance maps
+    check_regions(build_source(config.data), config.data.superpixels)
     if config.eval.enabled:
         build_source(config.data, split=config.data.eval_split, labels=True)
         if config.eval.linear:

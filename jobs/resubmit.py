@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import slurm, watch
+from jobs import watch
+from jobs.slurm import EvalTask, PretrainTask
+from jobs.submit import log_paths, make_executor
+from vice.run_dir import RunDir, SweepDir
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
           "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}  # fmt: skip
@@ -66,14 +69,16 @@ def find_records(paths: Iterable[str | Path]) -> list[Path]:
     """Every `jobs.json` at or under `paths` (run dirs, sweep dirs, or their parents)."""
     found = set()
     for path in map(Path, paths):
-        if path.is_file() and path.name == slurm.JOBS_FILE:
+        record = RunDir(path).jobs
+        if path.is_file() and path.name == record.name:
             found.add(path.resolve())
-        elif (path / slurm.JOBS_FILE).is_file():
-            found.add((path / slurm.JOBS_FILE).resolve())
+        elif record.is_file():
+            found.add(record.resolve())
         elif path.is_dir():
-            for record in path.rglob(slurm.JOBS_FILE):
-                if "code" not in record.relative_to(path).parts[:-1]:
-                    found.add(record.resolve())
+            snapshot = SweepDir(path).code.name  # a copy of the project, holding no runs
+            for hit in path.rglob(record.name):
+                if snapshot not in hit.relative_to(path).parts[:-1]:
+                    found.add(hit.resolve())
     return sorted(found)
 
 
@@ -138,8 +143,9 @@ def resubmit(chain: ChainStatus, stages: str, submit: Callable[..., Any] | None 
     submit = submit or _submit
     rec = chain.record
     run_dir = rec["run_dir"]
-    if not (Path(run_dir) / "config.yaml").is_file():
-        raise ValueError(f"{run_dir}: config.yaml is missing; the run cannot be resubmitted")
+    config = RunDir(run_dir).config
+    if not config.is_file():
+        raise ValueError(f"{run_dir}: {config.name} is missing; the run cannot be resubmitted")
     snapshot = rec["snapshot"]
     if not Path(snapshot).is_dir():
         raise ValueError(
@@ -159,13 +165,13 @@ def resubmit(chain: ChainStatus, stages: str, submit: Callable[..., Any] | None 
     pre_id = chain.pretrain_id
     if stages == "pretrain+eval":
         params = dict(rec["sbatch"]["pretrain"])
-        task = slurm.PretrainTask(
+        task = PretrainTask(
             run_dir, snapshot, res["nodes"], res["procs_per_node"], rec.get("eval") is not None
         )
         pre_id = submit(params, task, run_dir)
         new["pretrain"] = {
             "job_id": pre_id,
-            "logs": slurm.log_paths(run_dir, pre_id, res["nodes"]),
+            "logs": log_paths(run_dir, pre_id, res["nodes"]),
         }
     if rec.get("eval"):
         params = dict(rec["sbatch"]["eval"])
@@ -176,11 +182,11 @@ def resubmit(chain: ChainStatus, stages: str, submit: Callable[..., Any] | None 
         else:  # the pretraining this eval waits for has completed already
             params.pop("dependency", None)
             params["additional_parameters"].pop("kill-on-invalid-dep", None)
-        eval_id = submit(params, slurm.EvalTask(run_dir), run_dir)
+        eval_id = submit(params, EvalTask(run_dir), run_dir)
         new["eval"] = {
             "job_id": eval_id,
             "dependency": params.get("dependency"),
-            "logs": slurm.log_paths(run_dir, eval_id, 1),
+            "logs": log_paths(run_dir, eval_id, 1),
         }
         new["sbatch"] = {**rec["sbatch"], "eval": params}
     new["history"] = history
@@ -198,5 +204,5 @@ def _submit(params: dict[str, Any], task: Any, run_dir: str) -> str:
 
     max_requeues = load_config(run_dir).trainer.max_requeues
     with submitit.helpers.clean_env():
-        job = slurm.make_executor(run_dir, params, max_requeues).submit(task)
+        job = make_executor(run_dir, params, max_requeues).submit(task)
     return str(job.job_id)

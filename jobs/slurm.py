@@ -1,52 +1,32 @@
-"""The SLURM jobs of one run: pretraining chained to its evaluation.
+"""What runs inside the SLURM jobs of one run: the pretrain task (one per node) and the eval
+task. Both call the stages of `jobs/stages.py`, as the local launch does.
 
 Pretraining is one submitit task per node; each runs torchrun with a c10d rendezvous on the
-job's first node, so torchrun (not srun) starts and supervises the training processes. The
-evaluation is a second job, submitted at the same time with `afterok:<pretrain job>`, so it
-starts only after pretraining succeeded and is cancelled by SLURM when it failed.
+job's first node. The evaluation is a second job that SLURM starts only after pretraining
+succeeded (`afterok`, see `jobs/submit.py`).
 
-Both jobs import the code snapshot of the launch (`jobs/snapshot.py`) through PYTHONPATH and
-find their config and MLflow run id in the run directory. `jobs.json` in the run directory
-records what was submitted.
-
-This module is imported by the submitting process (the Hydra launcher plugin) and, from the
-snapshot, by the jobs; submitit is imported lazily by both.
+The jobs import this module from the code snapshot of the launch (`jobs/snapshot.py`) on
+their PYTHONPATH: submitit pickles the tasks by reference (`jobs.slurm.PretrainTask`), which
+is why this module keeps its name and the tasks their fields (a resubmission from a newer
+checkout is unpickled by the snapshot's code). submitit is imported lazily.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import socket
 import subprocess
-import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.preflight import Partition
-from vice.config import Config
-from vice.hydra_schema import write_config as write_config  # re-exported
+from jobs import stages
+from jobs.stages import log
+from jobs.torchrun import Rendezvous, torchrun_command, torchrun_env
+from vice.run_dir import RunDir
 
 PORT_BASE = 20000  # rendezvous ports: PORT_BASE + job id % PORT_SPAN, below Linux's ephemeral
 PORT_SPAN = 12000  # range (32768+) and far from slurmd/slurmctld/MariaDB ports
-TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"  # USR2: submitit's stop signal
-STOP_GRACE_S = 60  # after a stop signal, how long a task waits for torchrun to save and exit
-JOBS_FILE = "jobs.json"
-SLURM_DIR = "slurm"  # submitit's folder (scripts, pickles, logs) inside a run directory
-
-
-def stamp() -> str:
-    return time.strftime("%H:%M:%S")
-
-
-def log(message: str) -> None:
-    print(f"[vice {time.strftime('%Y-%m-%d %H:%M:%S')}] {message}", flush=True)
-
-
-# --------------------------------------------------------------------------- inside the jobs
 
 
 def rdzv_port(job_id: str | int) -> int:
@@ -70,59 +50,6 @@ def node_hostnames() -> list[str]:
     return out.split()
 
 
-def torchrun_command(
-    *,
-    nnodes: int,
-    nproc_per_node: int,
-    endpoint: str,
-    rdzv_id: str,
-    is_host: bool,
-    script: str | Path,
-    run_dir: str | Path,
-    python: str = sys.executable,
-) -> list[str]:
-    return [
-        python,
-        "-m",
-        "torch.distributed.run",
-        f"--nnodes={nnodes}",
-        f"--nproc-per-node={nproc_per_node}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={endpoint}",
-        f"--rdzv-id={rdzv_id}",
-        # Node 0 hosts the rendezvous store; said explicitly, because guessing it from host
-        # names fails where several nodes share a host name or resolve to one address.
-        f"--rdzv-conf=is_host={int(is_host)}",
-        f"--signals-to-handle={TORCHRUN_SIGNALS}",
-        str(script),
-        str(run_dir),
-    ]
-
-
-def _wait_child(proc: subprocess.Popen) -> int:
-    """Waits for torchrun. If this process is interrupted (submitit's signal handler exits
-    after requeueing the job), torchrun got the signal too and is saving: give it time."""
-    try:
-        return proc.wait()
-    except BaseException:
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except BaseException:
-            proc.kill()
-        raise
-
-
-def _finish_run(run_dir: str, status: str) -> None:
-    """Best effort: a failed job's MLflow run says so (the job's own error matters more)."""
-    try:
-        from vice.pipeline import load_config
-        from vice.tracking import build_tracker
-
-        build_tracker(load_config(run_dir).tracking, run_dir).finish(status)
-    except Exception as err:
-        log(f"could not mark the MLflow run {status}: {err}")
-
-
 class TrainingStoppedError(RuntimeError):
     """Training saved a checkpoint and exited on a stop signal; a restart continues it."""
 
@@ -135,65 +62,54 @@ class PretrainTask:
     snapshot: str
     nnodes: int
     nproc_per_node: int
-    eval_follows: bool = True  # False: this job ends the MLflow run
+    eval_follows: bool = True  # False: no eval job; node 0 runs the stages after pretraining
 
     def __call__(self) -> int:
         import submitit
 
         import vice
-        from vice.train.stop import read_stops
 
         env = submitit.JobEnvironment()
         hosts = node_hostnames()
         node = int(env.node)
-        port = rdzv_port(env.job_id)
         log(
             f"pretrain job {env.job_id} node {node}/{len(hosts)} ({hosts[node]}), "
             f"restart {os.environ.get('SLURM_RESTART_COUNT', '0')}; code: vice from "
             f"{Path(vice.__file__).parent}, jobs from {Path(__file__).parent}"
         )
-        command = torchrun_command(
+        rendezvous = Rendezvous(
             nnodes=self.nnodes,
-            nproc_per_node=self.nproc_per_node,
-            endpoint=f"{hosts[0]}:{port}",
+            endpoint=f"{hosts[0]}:{rdzv_port(env.job_id)}",
             rdzv_id=str(env.job_id),
             is_host=node == 0,
-            script=Path(self.snapshot) / "jobs" / "pretrain.py",
-            run_dir=self.run_dir,
         )
-        child_env = dict(os.environ)
+        script = Path(self.snapshot) / "jobs" / "pretrain.py"
+        command = torchrun_command(self.run_dir, self.nproc_per_node, rendezvous, script)
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
-        child_env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // self.nproc_per_node)))
-        child_env["PYTHONUNBUFFERED"] = "1"
+        child_env = torchrun_env(self.nproc_per_node, cpus)
         # torchrun's agent then logs (to the .err log, timestamped) when the rendezvous
         # completed and which global ranks this node got: what one needs when a job hangs.
         child_env.setdefault("LOGLEVEL", "INFO")
-        log(f"torchrun: {shlex.join(command)}")
-        stops_before = len(read_stops(self.run_dir))
-        code = _wait_child(subprocess.Popen(command, env=child_env))
-        log(f"torchrun exited with code {code}")
-        stops = read_stops(self.run_dir)
-        if len(stops) > stops_before:
-            stop = stops[-1]
+        result = stages.pretrain(self.run_dir, command, child_env)
+        if result.outcome == "stopped":
             # Not a failure: SLURM requeues a preempted or `scontrol requeue`d job, submitit
             # one that reached its time limit. The exception keeps a job that nobody requeues
             # from ending COMPLETED (its eval would start without weights): it ends FAILED,
             # and tools/resubmit.py continues it.
             raise TrainingStoppedError(
-                f"training stopped by {stop.signal} at step {stop.step} with a checkpoint "
-                f"saved; a restart of job {env.job_id} (requeue or tools/resubmit.py) "
-                f"continues from it; run_dir: {self.run_dir}"
+                f"training {result.describe()}; a restart of job {env.job_id} (requeue or "
+                f"tools/resubmit.py) continues from it; run_dir: {self.run_dir}"
             )
-        if code != 0:
+        if result.outcome == "failed":
             if node == 0:
-                _finish_run(self.run_dir, "FAILED")
+                stages.finish(self.run_dir, "FAILED")
             raise RuntimeError(
-                f"pretraining failed: torchrun exited with code {code} on node {node} "
-                f"({hosts[node]}); run_dir: {self.run_dir}"
+                f"pretraining failed: torchrun exited with code {result.exit_code} on node "
+                f"{node} ({hosts[node]}); run_dir: {self.run_dir}"
             )
         if node == 0 and not self.eval_follows:
-            _finish_run(self.run_dir, "FINISHED")
-        return code
+            stages.after_pretraining(self.run_dir)  # eval.enabled=false: no evaluation
+        return result.exit_code
 
     def checkpoint(self) -> Any:
         """submitit calls this on rank 0 at the stop signal, then requeues the job: resubmit
@@ -205,306 +121,22 @@ class PretrainTask:
 
 @dataclass
 class EvalTask:
-    """The evaluation job: evaluates the run's network into its MLflow run, then ends it."""
+    """The evaluation job: the stages after pretraining (evaluate -> figures -> sweep summary
+    -> finish the MLflow run)."""
 
     run_dir: str
 
     def __call__(self) -> dict[str, float]:
         import vice
         from vice.eval.evaluate import format_summary
-        from vice.pipeline import evaluate_run, load_config, render_views
-        from vice.tracking import build_tracker
 
         log(f"eval of {self.run_dir}; code: vice from {Path(vice.__file__).parent}")
-        cfg = load_config(self.run_dir)
-        tracker = build_tracker(cfg.tracking, self.run_dir)
-        try:
-            metrics = evaluate_run(cfg, self.run_dir, tracker)
-        except BaseException:
-            tracker.finish("FAILED")
-            raise
-        try:  # what the network was trained on; a figure must not fail the evaluation
-            for path in render_views(cfg, self.run_dir):
-                tracker.log_artifact(path, "views")
-        except Exception as err:
-            log(f"views figure failed: {err}")
-        tracker.finish("FINISHED")
-        if cfg.tracking.enabled:
-            try:  # a sweep's parent run shows every point so far and the best one
-                from jobs.sweep_summary import update_parent_summary
-
-                update_parent_summary(self.run_dir, cfg.tracking.uri)
-            except Exception as err:
-                log(f"sweep summary not updated: {err}")
+        metrics = stages.after_pretraining(self.run_dir)
         print(format_summary(metrics), flush=True)
-        log(f"metrics: {Path(self.run_dir) / 'eval' / 'metrics.json'}")
+        log(f"metrics: {RunDir(self.run_dir).metrics}")
         return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
 
     def checkpoint(self) -> Any:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)  # evaluation restarts from scratch
-
-
-# --------------------------------------------------------------------------- at submission
-
-
-@dataclass
-class Resources:
-    """What one pretrain -> eval chain asks SLURM for."""
-
-    partition: str
-    nodes: int
-    procs_per_node: int
-    gpus_per_node: int  # 0: the processes are CPU processes
-    cpus_per_task: int  # one task per node: all CPUs of the node's processes and loaders
-    mem_gb: float | None
-    time_min: int
-    eval_nodes: int
-    eval_gpus: int
-    eval_cpus: int
-    eval_time_min: int
-
-    def describe(self) -> str:
-        per_node = f"{self.procs_per_node} processes"
-        per_node += f" + {self.gpus_per_node} GPUs" if self.gpus_per_node else " (CPU)"
-        mem = f", {self.mem_gb:g} GB" if self.mem_gb else ""
-        return (
-            f"pretrain {self.nodes} nodes x {per_node}, {self.cpus_per_task} CPUs{mem} per "
-            f"node, {self.time_min} min; eval {self.eval_nodes} node, "
-            f"{self.eval_gpus} GPUs, {self.eval_cpus} CPUs, {self.eval_time_min} min; "
-            f"partition {self.partition}"
-        )
-
-
-def plan_resources(cfg: Config, part: Partition) -> Resources:
-    """Resources from the config and the partition (`jobs.preflight` checked they fit)."""
-    gpus = part.has_gpus and cfg.trainer.device != "cpu"
-    procs = cfg.trainer.gpus_per_node
-    node_cpus = min((n.cpus for n in part.nodes), default=1)
-    loaders = 1 + cfg.data.num_workers  # each process and its loader workers want a core
-    cpus = cfg.cluster.cpus_per_task or min(node_cpus, procs * loaders)
-    return Resources(
-        partition=part.name,
-        nodes=cfg.trainer.nodes,
-        procs_per_node=procs,
-        gpus_per_node=procs if gpus else 0,
-        cpus_per_task=cpus,
-        mem_gb=cfg.cluster.mem_gb,
-        time_min=cfg.cluster.time_min,
-        eval_nodes=cfg.cluster.eval_nodes,
-        eval_gpus=1 if gpus else 0,
-        eval_cpus=cfg.cluster.cpus_per_task or min(node_cpus, loaders),
-        eval_time_min=cfg.cluster.eval_time_min,
-    )
-
-
-def setup_lines(snapshot: str | Path) -> list[str]:
-    """Shell lines before srun: the snapshot first on PYTHONPATH (ahead of the editable
-    install's .pth entries), unbuffered logs, and no inherited MLflow run."""
-    return [
-        f"export PYTHONPATH={shlex.quote(str(snapshot))}${{PYTHONPATH:+:$PYTHONPATH}}",
-        "export PYTHONUNBUFFERED=1",
-        "unset MLFLOW_RUN_ID",  # children would log into that run (mlflow issue 15713)
-    ]
-
-
-def sbatch_parameters(
-    cfg: Config,
-    res: Resources,
-    run_dir: str | Path,
-    snapshot: str | Path,
-    stage: str,
-    dependency: str | None = None,
-) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters of the `stage` ("pretrain" or "eval") job."""
-    pretrain = stage == "pretrain"
-    params: dict[str, Any] = {
-        "job_name": f"vice-{stage}",
-        "partition": res.partition,
-        "time": res.time_min if pretrain else res.eval_time_min,
-        "nodes": res.nodes if pretrain else res.eval_nodes,
-        "ntasks_per_node": 1,  # one submitit task per node; torchrun starts the processes
-        "cpus_per_task": res.cpus_per_task if pretrain else res.eval_cpus,
-        "signal_delay_s": cfg.cluster.signal_delay_s,
-        "comment": str(run_dir),  # `squeue -o "%i %j %k"` maps jobs to runs
-        "setup": setup_lines(snapshot),
-        # Jobs must not run in the submitter's directory: `python -m` puts the working
-        # directory first on sys.path, ahead of the snapshot.
-        "additional_parameters": {"chdir": str(run_dir), **cfg.cluster.additional},
-    }
-    gpus = res.gpus_per_node if pretrain else res.eval_gpus
-    if gpus:
-        params["gpus_per_node"] = gpus
-    if res.mem_gb:
-        mem = res.mem_gb
-        params["mem"] = f"{int(mem)}GB" if mem == int(mem) else f"{int(mem * 1024)}MB"
-    for name in ("account", "qos", "constraint"):
-        value = getattr(cfg.cluster, name)
-        if value:
-            params[name] = value
-    if dependency:
-        params["dependency"] = dependency
-        # A dependency that can never be met (pretraining failed) cancels the job at once
-        # instead of leaving it pending forever.
-        params["additional_parameters"]["kill-on-invalid-dep"] = "yes"
-    return params
-
-
-def absolute_tracking_uri(uri: str, base: Path) -> str:
-    """A tracking URI that names the same store from any working directory."""
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///") :]
-        if path and not path.startswith(("/", ":memory:")):
-            return f"sqlite:///{(base / path).resolve()}"
-        return uri
-    if uri.startswith("file:") and not uri.startswith("file:/"):
-        return f"file:{(base / uri[len('file:') :]).resolve()}"
-    if "://" not in uri and not uri.startswith("file:"):  # a plain path: MLflow's file store
-        return str((base / uri).resolve())
-    return uri
-
-
-def make_paths_absolute(cfg: Config, base: Path) -> None:
-    """Jobs run in their run directory: relative paths of the config are resolved against
-    the launch directory `base` at submission (they would mean something else later)."""
-    cfg.tracking.uri = absolute_tracking_uri(cfg.tracking.uri, base)
-    if cfg.data.root and not Path(cfg.data.root).is_absolute():
-        cfg.data.root = str((base / cfg.data.root).resolve())
-    cache = cfg.data.superpixels.cache_dir
-    if cache and not Path(cache).is_absolute():
-        cfg.data.superpixels.cache_dir = str((base / cache).resolve())
-    if cfg.model.weights and not Path(cfg.model.weights).is_absolute():
-        cfg.model.weights = str((base / cfg.model.weights).resolve())
-
-
-def make_executor(run_dir: str | Path, params: dict[str, Any], max_requeues: int) -> Any:
-    import submitit
-
-    executor = submitit.SlurmExecutor(
-        folder=Path(run_dir) / SLURM_DIR, max_num_timeout=max_requeues
-    )
-    executor.update_parameters(**params)
-    return executor
-
-
-def render_script(run_dir: str | Path, params: dict[str, Any]) -> str:
-    """The sbatch script `make_executor(run_dir, params, ...)` submits (no srun needed)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    folder = Path(run_dir) / SLURM_DIR
-    # SlurmExecutor's own command line for running a pickled task
-    python, where = shlex.quote(sys.executable), shlex.quote(str(folder))
-    command = f"{python} -u -m submitit.core._submit {where}"
-    return _make_sbatch_string(command=command, folder=folder, **params)
-
-
-def log_paths(run_dir: str | Path, job_id: str, tasks: int) -> list[dict[str, str]]:
-    from submitit.core.utils import JobPaths
-
-    out = []
-    for task in range(tasks):
-        paths = JobPaths(Path(run_dir) / SLURM_DIR, job_id=job_id, task_id=task)
-        out.append({"stdout": str(paths.stdout), "stderr": str(paths.stderr)})
-    return out
-
-
-@dataclass
-class Chain:
-    """The submitted jobs of one sweep point."""
-
-    num: int
-    label: str  # the point's sweep overrides
-    run_dir: str
-    resources: Resources
-    pretrain_id: str
-    eval_id: str | None = None
-    mlflow_run_id: str | None = None
-    logs: dict[str, list[dict[str, str]]] = field(default_factory=dict)
-    sbatch: dict[str, dict[str, Any]] = field(default_factory=dict)  # parameters per stage
-
-    def describe(self) -> str:
-        lines = [
-            f"#{self.num} {self.label}".rstrip(),
-            f"  run_dir: {self.run_dir}",
-            f"  pretrain job: {self.pretrain_id} ({self.resources.nodes} nodes x "
-            f"{self.resources.procs_per_node} processes, partition {self.resources.partition})",
-            f"  eval job: {self.eval_id} (afterok:{self.pretrain_id})"
-            if self.eval_id
-            else "  eval job: none (eval.enabled=false)",
-        ]
-        for stage, entries in self.logs.items():
-            for i, entry in enumerate(entries):
-                lines.append(f"  {stage} log (task {i}): {entry['stdout']}  (+ .err)")
-        if self.mlflow_run_id:
-            lines.append(f"  mlflow_run_id: {self.mlflow_run_id}")
-        return "\n".join(lines)
-
-
-def submit_chain(
-    cfg: Config,
-    res: Resources,
-    run_dir: Path,
-    snapshot: Path,
-    num: int,
-    label: str,
-) -> Chain:
-    """Submits pretraining, then the evaluation depending on it."""
-    import submitit
-
-    pre_params = sbatch_parameters(cfg, res, run_dir, snapshot, "pretrain")
-    task = PretrainTask(
-        str(run_dir), str(snapshot), res.nodes, res.procs_per_node, cfg.eval.enabled
-    )
-    # Submitting from inside a job (a pipeline step) must not leak its SLURM_* variables.
-    with submitit.helpers.clean_env():
-        job = make_executor(run_dir, pre_params, cfg.trainer.max_requeues).submit(task)
-        chain = Chain(num, label, str(run_dir), res, job.job_id)
-        chain.logs["pretrain"] = log_paths(run_dir, job.job_id, res.nodes)
-        chain.sbatch["pretrain"] = pre_params
-        if cfg.eval.enabled:
-            eval_params = sbatch_parameters(
-                cfg, res, run_dir, snapshot, "eval", dependency=f"afterok:{job.job_id}"
-            )
-            executor = make_executor(run_dir, eval_params, cfg.trainer.max_requeues)
-            try:
-                eval_job = executor.submit(EvalTask(str(run_dir)))
-            except Exception:
-                job.cancel(check=False)  # a chain is queued whole or not at all
-                raise
-            chain.eval_id = eval_job.job_id
-            chain.logs["eval"] = log_paths(run_dir, eval_job.job_id, 1)
-            chain.sbatch["eval"] = eval_params
-    return chain
-
-
-def write_job_record(chain: Chain, extra: dict[str, Any]) -> Path:
-    """`<run_dir>/jobs.json`: what was submitted, for status and resubmission tools."""
-    record = {
-        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "cwd": os.getcwd(),
-        "run_dir": chain.run_dir,
-        "job_num": chain.num,
-        "overrides": chain.label,
-        "partition": chain.resources.partition,
-        "nodes": chain.resources.nodes,
-        "resources": asdict(chain.resources),
-        "mlflow_run_id": chain.mlflow_run_id,
-        # submitit SlurmExecutor parameters: what a resubmission asks SLURM for again
-        "sbatch": chain.sbatch,
-        "pretrain": {"job_id": chain.pretrain_id, "logs": chain.logs.get("pretrain", [])},
-        "eval": None,
-        **extra,
-    }
-    if chain.eval_id:
-        record["eval"] = {
-            "job_id": chain.eval_id,
-            "dependency": f"afterok:{chain.pretrain_id}",
-            "logs": chain.logs.get("eval", []),
-        }
-    path = Path(chain.run_dir) / JOBS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path

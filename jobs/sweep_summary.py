@@ -20,10 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jobs.slurm import JOBS_FILE
-
-SUMMARY = "sweep_summary"
-LOCK = ".sweep_summary.lock"
+from vice.run_dir import RunDir
 
 
 def primary_metric(metrics: dict[str, Any]) -> str | None:
@@ -33,13 +30,13 @@ def primary_metric(metrics: dict[str, Any]) -> str | None:
     return "linear.miou" if "linear.miou" in metrics else None
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per point of the sweep (run dirs with a jobs.json), by job number."""
     rows = []
-    for record_path in sorted(sweep_dir.glob(f"*/{JOBS_FILE}")):
-        record = json.loads(record_path.read_text())
-        metrics_path = record_path.parent / "eval" / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    points = (RunDir(d) for d in sorted(Path(sweep_dir).iterdir()) if d.is_dir())
+    for point in (p for p in points if p.jobs.is_file()):
+        record = json.loads(point.jobs.read_text())
+        metrics = json.loads(point.metrics.read_text()) if point.metrics.is_file() else {}
         rows.append(
             {
                 "num": record.get("job_num"),
@@ -87,22 +84,19 @@ def render(rows: list[dict[str, Any]]) -> tuple[str, str]:
 
 def update_parent_summary(run_dir: str | Path, tracking_uri: str) -> dict[str, Any] | None:
     """Refreshes the summary of the sweep `run_dir` belongs to; None when it is no sweep."""
-    from mlflow.tracking import MlflowClient
-
-    from vice.tracking import PARENT_RUN_ID_FILE
-
-    sweep_dir = Path(run_dir).parent
-    parent_file = sweep_dir / PARENT_RUN_ID_FILE
-    if not parent_file.is_file():
+    sweep = RunDir(run_dir).sweep
+    if not sweep.parent_run_id.is_file():
         return None
-    parent = parent_file.read_text().strip()
+    from mlflow.tracking import MlflowClient  # seconds to import: only for a sweep
+
+    parent = sweep.parent_run_id.read_text().strip()
     client = MlflowClient(tracking_uri)
-    with open(sweep_dir / LOCK, "a") as lock:
+    with open(sweep.summary_lock, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = collect(sweep_dir)
+        rows = collect(sweep.path)
         md, table = render(rows)
         for suffix, text in ((".md", md), (".csv", table)):
-            path = sweep_dir / f"{SUMMARY}{suffix}"
+            path = sweep.summary(suffix)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(text)
             tmp.replace(path)

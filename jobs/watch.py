@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.slurm import Chain, stamp
+from jobs.submit import Chain, stamp
+from vice.run_dir import RunDir
 
 # Final states; PREEMPTED is not among them because a preempted job of a requeueing
 # partition comes back (PENDING again, same id).
@@ -153,8 +154,7 @@ def wait_for(
         if chain.eval_id:
             ev = final[chain.eval_id]
             if ev.state == "COMPLETED":
-                metrics = Path(chain.run_dir) / "eval" / "metrics.json"
-                out(f"  eval job {chain.eval_id} COMPLETED: {metrics}")
+                out(f"  eval job {chain.eval_id} COMPLETED: {RunDir(chain.run_dir).metrics}")
             elif not ok and ev.state == "CANCELLED":
                 out(
                     f"  eval job {chain.eval_id} CANCELLED, never started: "

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 
 from vice.config import TrackingConfig
+from vice.run_dir import RunDir
 from vice.tracking import (
     MAX_PARAM_CHARS,
-    RUN_ID_FILE,
     MlflowTracker,
     Tracker,
     build_tracker,
@@ -26,7 +26,7 @@ def test_flatten_nested_config():
 def test_disabled_or_not_rank_zero_gives_noop(tmp_path):
     assert type(build_tracker(TrackingConfig(enabled=False), tmp_path)) is Tracker
     assert type(build_tracker(TrackingConfig(), tmp_path, is_main=False)) is Tracker
-    assert not (tmp_path / RUN_ID_FILE).exists()
+    assert not RunDir(tmp_path).mlflow_run_id.exists()
 
 
 @pytest.mark.slow

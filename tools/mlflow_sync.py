@@ -22,16 +22,16 @@ sys.path.insert(0, str(ROOT))
 
 def run_dirs(paths: list[str]) -> list[Path]:
     """Run directories (holding `mlflow_run_id` or a journal) at or under `paths`."""
-    from vice.tracking import RUN_ID_FILE
-    from vice.tracking_journal import JOURNAL_DIR
+    from vice.run_dir import RunDir, SweepDir
 
     found = set()
     for path in map(Path, paths):
-        for marker in (RUN_ID_FILE, JOURNAL_DIR):
-            if (path / marker).exists():
+        run, snapshot = RunDir(path), SweepDir(path).code.name  # a snapshot holds no runs
+        for marker in (run.mlflow_run_id, run.tracking):
+            if marker.exists():
                 found.add(path.resolve())
-            for hit in path.rglob(marker):
-                if "code" not in hit.relative_to(path).parts[:-1]:
+            for hit in path.rglob(marker.name):
+                if snapshot not in hit.relative_to(path).parts[:-1]:
                     found.add(hit.parent.resolve())
     return sorted(found)
 

@@ -17,10 +17,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vice.config import Config, MethodConfig, from_dict
+from vice.run_dir import RunDir
 from vice.secrets import redact_tree
 
 SCHEMA_NAME = "vice_schema"
-CONFIG_FILE = "config.yaml"
 
 
 def register() -> None:
@@ -83,7 +83,7 @@ def write_config(cfg: Config, run_dir: str | Path) -> Path:
     with the run directory. Credentials reach jobs through the environment instead
     (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, AWS_*), which SLURM passes on.
     """
-    path = Path(run_dir) / CONFIG_FILE
+    path = RunDir(run_dir).config
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(redact_tree(asdict(cfg)))))
     os.replace(tmp, path)

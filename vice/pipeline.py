@@ -1,7 +1,6 @@
-"""Run-directory level steps shared by every launcher: config I/O and evaluating a run.
-
-The run directory is the only state that survives a job: the resolved `config.yaml`, the
-MLflow run id, numbered checkpoints, the final weights and the evaluation results.
+"""Run-directory level steps shared by every launcher: config I/O, evaluating a run and
+drawing what it was trained on. `jobs/stages.py` chains them; file names come from
+`vice.run_dir.RunDir`.
 """
 
 from __future__ import annotations
@@ -14,39 +13,48 @@ import torch
 from omegaconf import OmegaConf
 
 from vice.config import Config
-from vice.hydra_schema import CONFIG_FILE, to_config
+from vice.hydra_schema import to_config
 from vice.hydra_schema import write_config as write_config  # re-exported
+from vice.run_dir import RunDir
 from vice.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
 
 
 def load_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / CONFIG_FILE
+    path = RunDir(run_dir).config
     if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in run directory {run_dir}")
+        raise FileNotFoundError(
+            f"no {path.name} in run directory {run_dir}; pass the directory a launch wrote"
+        )
     return to_config(OmegaConf.load(path))
 
 
 def load_final_model(cfg: Config, run_dir: str | Path, device: torch.device) -> torch.nn.Module:
-    """The pretrained network: final weights, else the newest complete checkpoint."""
-    from vice.models import build_model
+    """The pretrained network (`method.export()`): the final weights, else the newest
+    complete checkpoint's method state."""
+    from vice.methods import METHODS, build_method
+    from vice.run_dir import RunDir
     from vice.train.checkpoint import CheckpointManager
-    from vice.train.trainer import FINAL_WEIGHTS
 
-    model = build_model(cfg.model)
-    final = Path(run_dir) / FINAL_WEIGHTS
-    if final.is_file():
-        state = torch.load(final, map_location="cpu", weights_only=True)
+    rd = RunDir(run_dir)
+    method_cls = METHODS[cfg.method.name]
+    method = build_method(cfg)
+    network = method.export()
+    if rd.final_weights.is_file():
+        weights = torch.load(rd.final_weights, map_location="cpu", weights_only=True)
+        network.load_state_dict(method_cls.upgrade_final_weights(weights))
     else:
-        loaded = CheckpointManager(
-            Path(run_dir) / "checkpoints", cfg.trainer.keep_checkpoints
-        ).load_latest()
+        loaded = CheckpointManager(rd.checkpoints, cfg.trainer.keep_checkpoints).load_latest()
         if loaded is None:
-            raise FileNotFoundError(f"run {run_dir} has neither {FINAL_WEIGHTS} nor a checkpoint")
-        state = loaded[0]["model"]
-    model.load_state_dict(state)
-    return model.to(device).eval()
+            raise FileNotFoundError(
+                f"run {run_dir} has neither {rd.final_weights.name} nor a checkpoint"
+            )
+        state, path = loaded
+        if "format" not in state:
+            state = method_cls.upgrade_checkpoint(state, str(path))
+        method.load_state_dict(state["method"])
+    return network.to(device).eval()
 
 
 def evaluate_run(
@@ -59,7 +67,7 @@ def evaluate_run(
     from vice.data.datasets import build_source
     from vice.eval.evaluate import evaluate
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     device = torch.device(
         "cuda" if torch.cuda.is_available() and cfg.trainer.device != "cpu" else "cpu"
     )
@@ -77,13 +85,12 @@ def evaluate_run(
         cfg.data.views.mean,
         cfg.data.views.std,
         device,
-        run_dir / "eval",
+        run.eval_dir,
         amp=cfg.trainer.amp,
     )
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     tracker.log_metrics({f"eval.{k}": v for k, v in numeric.items()}, step=0)
-    for name in ("metrics.json", "segmentations.png", "per_class_iou.png"):
-        path = run_dir / "eval" / name
+    for path in (run.metrics, *run.eval_figures):
         if path.is_file():
             tracker.log_artifact(path, "eval")
     return metrics
@@ -114,7 +121,7 @@ def render_views(cfg: Config, run_dir: str | Path) -> list[Path]:
             cfg.data.views.std,
             title=f"{cfg.data.dataset} {source.key(item['index'])}",
         )
-        out = Path(run_dir) / f"views_{index}.png"
+        out = RunDir(run_dir).views_figure(index)
         fig.save(out)
         written.append(out)
     return written

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from vice.config import TrackingConfig
+from vice.run_dir import RunDir, SweepDir
 from vice.secrets import redact_mapping
 from vice.tracking_journal import Journal
 
 log = logging.getLogger(__name__)
 
-RUN_ID_FILE = "mlflow_run_id"
-PARENT_RUN_ID_FILE = "mlflow_parent_run_id"  # in a sweep directory: the run grouping its points
 PARENT_RUN_TAG = "mlflow.parentRunId"  # what MLflow's UI nests child runs by
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
 # Asks the MLflow UI for its training-runs view instead of the GenAI one (cluster.md).
@@ -95,7 +94,7 @@ def git_info(repo: Path) -> dict[str, str]:
 
 
 def read_run_id(run_dir: str | Path) -> str | None:
-    path = Path(run_dir) / RUN_ID_FILE
+    path = RunDir(run_dir).mlflow_run_id
     return path.read_text().strip() if path.is_file() else None
 
 
@@ -125,7 +124,7 @@ def open_parent_run(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=cfg.uri)
-    path = Path(sweep_dir) / PARENT_RUN_ID_FILE
+    path = SweepDir(sweep_dir).parent_run_id
     if path.is_file():
         run_id = path.read_text().strip()
         client.update_run(run_id, status="RUNNING")
@@ -196,7 +195,7 @@ class MlflowTracker(Tracker):
             items[key[:250]] = text
         self.journal.append({"op": "params", "items": items})
         if long_values:
-            path = self.run_dir / "params_long.txt"
+            path = RunDir(self.run_dir).params_long
             path.write_text("".join(f"{k}: {v}\n" for k, v in long_values.items()))
             self.log_artifact(path)
         self._wake.set()
@@ -298,7 +297,7 @@ class MlflowTracker(Tracker):
                 tags=tags,
             )
             self.run_id = run.info.run_id
-            _write_id(self.run_dir / RUN_ID_FILE, self.run_id)
+            _write_id(RunDir(self.run_dir).mlflow_run_id, self.run_id)
             self.experiment_id = run.info.experiment_id
         elif self._reopen:
             self.client.update_run(self.run_id, status="RUNNING")

@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-JOURNAL_DIR = "tracking"
+from vice.run_dir import RunDir
+
 PENDING_FILE = "pending.jsonl"
 LEDGER_FILE = "metrics.jsonl"
 LOCK_FILE = "journal.lock"
@@ -38,7 +39,7 @@ Op = dict[str, Any]  # {"op": "metrics" | "params" | "tags" | "artifact" | "term
 
 class Journal:
     def __init__(self, run_dir: str | Path) -> None:
-        self.directory = Path(run_dir) / JOURNAL_DIR
+        self.directory = RunDir(run_dir).tracking
         self.pending_path = self.directory / PENDING_FILE
         self.ledger_path = self.directory / LEDGER_FILE
         self._lock = threading.Lock()

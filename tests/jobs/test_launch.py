@@ -78,6 +78,19 @@ def test_invalid_value_fails_before_anything_is_written(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_more_nodes_without_m_are_refused_before_anything_is_written(tmp_path):
+    # A local run is standalone torchrun on this machine: trainer.nodes=2 would be ignored.
+    proc = _launch(tmp_path, "trainer.nodes=2")
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "config error: invalid config value trainer.nodes=2: a run without -m uses this "
+        "machine only; add -m to submit it to SLURM, or set trainer.nodes=1"
+    ) in proc.stderr.splitlines()
+    assert not (tmp_path / "mlflow.db").exists()
+    run = tmp_path / "run"
+    assert not run.exists() or not any(run.iterdir())
+
+
 def test_wrong_type_names_the_key(tmp_path):
     proc = _launch(tmp_path, "trainer.max_steps=abc")
     assert proc.returncode != 0

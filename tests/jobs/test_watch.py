@@ -2,7 +2,7 @@
 
 from jobs import watch
 
-from .test_slurm import _chain
+from .test_submit import _chain
 
 
 def test_wait_streams_changes_and_explains_a_cancelled_eval(tmp_path):

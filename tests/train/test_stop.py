@@ -13,7 +13,6 @@ import torch
 from vice.pipeline import write_config
 from vice.run_dir import RunDir
 from vice.train.stop import (
-    STOPS_FILE,
     StopEvent,
     StopSignals,
     ignore_stop_signals,
@@ -60,7 +59,7 @@ def test_loader_workers_ignore_stop_signals():
 def test_stops_are_appended_and_a_torn_line_is_skipped(tmp_path):
     record_stop(tmp_path, StopEvent("SIGTERM", 40, 1.5, 11))
     record_stop(tmp_path, StopEvent("SIGUSR2", 90, 2.5, 12))
-    with open(tmp_path / STOPS_FILE, "a") as f:
+    with open(RunDir(tmp_path).stops, "a") as f:
         f.write('{"signal": "SIG')
     assert read_stops(tmp_path) == [
         StopEvent("SIGTERM", 40, 1.5, 11),

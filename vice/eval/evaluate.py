@@ -34,11 +34,9 @@ from vice.eval.kmeans import kmeans
 from vice.eval.linear import predict_linear, train_linear_probe
 from vice.eval.matching import confusion, map_clusters
 from vice.eval.metrics import segmentation_metrics
+from vice.run_dir import EvalDir
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-FIGURE_FILE = "segmentations.png"
 
 #: images (N, S, S, 3) uint8 -> features (N, D, S, S) float32 on the CPU.
 FeaturesFn = Callable[[np.ndarray], torch.Tensor]
@@ -195,7 +193,7 @@ def evaluate_features(
             time.perf_counter() - t0,
         )
 
-    _write_json(out_dir / METRICS_FILE, metrics)
+    _write_json(EvalDir(out_dir).metrics, metrics)
     write_per_class_iou_figure(out_dir, metrics)
     if figure_pred is not None:
         mapping = _mapping_name(figure_c, num_classes)
@@ -209,7 +207,7 @@ def evaluate_features(
             class_names=class_names,
             cluster_title=f"k-means C={figure_c} ({mapping})",
         )
-        _atomic_write(out_dir / FIGURE_FILE, lambda tmp: fig.save(tmp, format="PNG"))
+        _atomic_write(EvalDir(out_dir).segmentations, lambda tmp: fig.save(tmp, format="PNG"))
     return metrics
 
 

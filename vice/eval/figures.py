@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from vice.data.datasets.base import IGNORE_INDEX
+from vice.run_dir import EvalDir
 
 _MIN_TILE = 160  # px; small eval crops are enlarged (nearest for labels) to at least this
 _GAP = 6
@@ -167,7 +168,6 @@ def segmentation_figure(
     return fig
 
 
-PER_CLASS_IOU_FILE = "per_class_iou.png"
 IOU_SUFFIX = ".iou_per_class"
 _CHART_WIDTH = 900  # px, whatever the number of classes
 _LINE_H = 20  # px per text line (title, legend, axis labels)
@@ -377,14 +377,14 @@ def write_per_class_iou_figure(
         metrics: The metrics dict; default: read `<eval_dir>/metrics.json`.
         results: See `per_class_iou_figure`.
     """
-    eval_dir = Path(eval_dir)
+    eval_dir = EvalDir(eval_dir)
     if metrics is None:
-        path = eval_dir / "metrics.json"
+        path = eval_dir.metrics
         if not path.is_file():
             raise FileNotFoundError(f"no {path}: run the evaluation first")
         metrics = json.loads(path.read_text())
     fig = per_class_iou_figure(metrics, results)
-    out = eval_dir / PER_CLASS_IOU_FILE
+    out = eval_dir.per_class_iou
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         fig.save(tmp, format="PNG")

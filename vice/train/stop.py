@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
+from vice.run_dir import RunDir
 from vice.signals import STOP_SIGNALS, ignore_stop_signals
 
 __all__ = ["STOP_SIGNALS", "StopEvent", "StopRequest", "StopSignals", "ignore_stop_signals"]
-STOPS_FILE = "stops.jsonl"
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class StopSignals:
 
 def record_stop(run_dir: str | Path, event: StopEvent) -> None:
     """Appends `event` to `<run_dir>/stops.jsonl` (one line, flushed to disk)."""
-    path = Path(run_dir) / STOPS_FILE
+    path = RunDir(run_dir).stops
     with open(path, "a") as f:
         f.write(json.dumps(asdict(event)) + "\n")
         f.flush()
@@ -88,7 +88,7 @@ def record_stop(run_dir: str | Path, event: StopEvent) -> None:
 
 def read_stops(run_dir: str | Path) -> list[StopEvent]:
     """Every recorded stop, oldest first; a torn last line (a crash mid-write) is ignored."""
-    path = Path(run_dir) / STOPS_FILE
+    path = RunDir(run_dir).stops
     if not path.is_file():
         return []
     events = []

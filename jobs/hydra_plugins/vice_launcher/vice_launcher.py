@@ -3,8 +3,9 @@
 Built on hydra-submitit-launcher's SlurmLauncher, with what it lacks (cluster.md): `launch()`
 returns once the jobs are queued (`launch.wait=true` blocks and streams state changes),
 evaluation is chained to pretraining with a SLURM dependency, jobs run a code snapshot, and
-nothing is submitted unless every point passes its checks. The jobs themselves live in
-`jobs/slurm.py`; this module only turns Hydra's sweep into calls to it.
+nothing is submitted unless every point passes its checks. Submission lives in
+`jobs/submit.py` and the jobs in `jobs/slurm.py`; this module only turns Hydra's sweep into
+calls to them.
 
 Hydra imports every plugin module on each start, local runs included: imports here are cheap
 and everything else is imported inside the methods.
@@ -177,14 +178,15 @@ class ViceSlurmLauncher(SlurmLauncher):
         return [p.ret for p in points]
 
     def _dry_run(self, points: list[_Point], sweep_dir: Path) -> None:
-        from jobs import slurm
+        from jobs import submit
         from jobs.preflight import resolve_partition
+        from vice.run_dir import SweepDir
 
         partitions = self._partitions
-        snapshot = sweep_dir / "code"
+        snapshot = SweepDir(sweep_dir).code
         for point in points:
             cfg = point.cfg
-            res = slurm.plan_resources(cfg, resolve_partition(cfg.cluster.partition, partitions))
+            res = submit.plan_resources(cfg, resolve_partition(cfg.cluster.partition, partitions))
             print(f"#{point.num} {point.label}".rstrip())
             print(f"  run_dir: {point.run_dir} (dry run: not created)")
             print(f"  resources: {res.describe()}")
@@ -192,24 +194,25 @@ class ViceSlurmLauncher(SlurmLauncher):
             if cfg.eval.enabled:
                 stages.append(("eval", "afterok:<pretrain job id>"))
             for stage, dependency in stages:
-                params = slurm.sbatch_parameters(
+                params = submit.sbatch_parameters(
                     cfg, res, point.run_dir, snapshot, stage, dependency
                 )
                 print(f"  --- {stage} sbatch script ---")
-                print(slurm.render_script(point.run_dir, params))
+                print(submit.render_script(point.run_dir, params))
         print("dry run: nothing was submitted")
 
     def _submit(self, points: list[_Point], sweep_dir: Path, many: bool) -> None:
-        from jobs import slurm, watch
+        from jobs import submit, watch
         from jobs.snapshot import snapshot_code
+        from vice.run_dir import SweepDir
         from vice.tracking import open_parent_run
 
         if self._snapshot is None:
-            self._snapshot = snapshot_code(sweep_dir / "code")
+            self._snapshot = snapshot_code(SweepDir(sweep_dir).code)
         print(f"sweep_dir: {sweep_dir}")
         print(f"code snapshot: {self._snapshot}")
         for point in points:
-            slurm.make_paths_absolute(point.cfg, Path.cwd())
+            submit.make_paths_absolute(point.cfg, Path.cwd())
         tracking = points[0].cfg.tracking
         parent = None
         if many and tracking.enabled:
@@ -254,26 +257,19 @@ class ViceSlurmLauncher(SlurmLauncher):
         self, point: _Point, sweep_dir: Path, parent: str | None, trackers: dict[int, Any]
     ) -> Any:
         """Run dir, config, MLflow run, the two jobs and jobs.json of one point."""
-        from jobs import slurm
+        from jobs import submit
         from jobs.preflight import resolve_partition
         from jobs.snapshot import git_state
-        from vice.tracking import build_tracker
+        from jobs.stages import open_run
 
         assert self._snapshot is not None
         cfg = point.cfg
-        res = slurm.plan_resources(cfg, resolve_partition(cfg.cluster.partition, self._partitions))
+        res = submit.plan_resources(cfg, resolve_partition(cfg.cluster.partition, self._partitions))
         point.run_dir.mkdir(parents=True, exist_ok=True)
         cfg.run_dir = str(point.run_dir)
-        slurm.write_config(cfg, point.run_dir)
-        tracker = build_tracker(
-            cfg.tracking,
-            point.run_dir,
-            run_name=cfg.tracking.run_name or point.swept or None,
-            parent_run_id=parent,
-        )
+        tracker = open_run(cfg, point.run_dir, run_name=point.swept or None, parent_run_id=parent)
         trackers[point.num] = tracker
-        tracker.log_artifact(point.run_dir / "config.yaml")
-        chain = slurm.submit_chain(cfg, res, point.run_dir, self._snapshot, point.num, point.label)
+        chain = submit.submit_chain(cfg, res, point.run_dir, self._snapshot, point.num, point.label)
         chain.mlflow_run_id = tracker.run_id
         tracker.set_tags(
             {
@@ -285,7 +281,7 @@ class ViceSlurmLauncher(SlurmLauncher):
                 "run_dir": str(point.run_dir),
             }
         )
-        slurm.write_job_record(
+        submit.write_job_record(
             chain,
             {
                 "sweep_dir": str(sweep_dir),

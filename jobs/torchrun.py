@@ -1,0 +1,79 @@
+"""The torchrun command line of pretraining, for both paths.
+
+Locally torchrun runs standalone (one node, its own rendezvous). On SLURM every node of the
+job runs it with a c10d rendezvous on the job's first node, so torchrun (not srun) starts and
+supervises the training processes, and forwards stop signals to them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PRETRAIN_SCRIPT = Path(__file__).resolve().parent / "pretrain.py"
+# What torchrun forwards to the training processes: SLURM's SIGTERM (preemption, requeue),
+# submitit's SIGUSR2 (time limit near), Ctrl-C, and hang-ups.
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """A c10d rendezvous joining the nodes of one job."""
+
+    nnodes: int
+    endpoint: str  # host:port of node 0
+    rdzv_id: str  # the same for every node of the job and after a requeue: the job id
+    is_host: bool  # whether this node hosts the rendezvous store (node 0)
+
+
+def torchrun_command(
+    run_dir: str | Path,
+    nproc_per_node: int,
+    rendezvous: Rendezvous | None = None,
+    script: str | Path = PRETRAIN_SCRIPT,
+    python: str = sys.executable,
+) -> list[str]:
+    """`python -m torch.distributed.run ... <script> <run_dir>`.
+
+    Args:
+        run_dir: The run directory; the training processes read their config from it.
+        nproc_per_node: Training processes on this node.
+        rendezvous: None: standalone on this machine (`--nnodes=1`).
+        script: The training entry point (a SLURM job names its code snapshot's copy).
+        python: The interpreter of the training processes.
+    """
+    if rendezvous is None:
+        nodes = ["--standalone", "--nnodes=1"]
+        rdzv = []
+    else:
+        nodes = [f"--nnodes={rendezvous.nnodes}"]
+        rdzv = [
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rendezvous.endpoint}",
+            f"--rdzv-id={rendezvous.rdzv_id}",
+            # Said explicitly, because guessing the host from host names fails where several
+            # nodes share a host name or resolve to one address.
+            f"--rdzv-conf=is_host={int(rendezvous.is_host)}",
+        ]
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        *nodes,
+        f"--nproc-per-node={nproc_per_node}",
+        *rdzv,
+        f"--signals-to-handle={TORCHRUN_SIGNALS}",
+        str(script),
+        str(run_dir),
+    ]
+
+
+def torchrun_env(nproc_per_node: int, cpus: int) -> dict[str, str]:
+    """This process's environment for torchrun: the node's CPUs shared between the training
+    processes (unless OMP_NUM_THREADS is set), and unbuffered output so logs show progress."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // nproc_per_node)))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,163 @@
+"""The Hydra launcher plugin through `python jobs/launch.py -m` (SLURM faked): discovery,
+dry runs, checks before anything is submitted, the sweep's parent MLflow run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.hydra_plugins.vice_launcher.vice_launcher import LAUNCHER_TARGET, NO_SBATCH
+from vice.hydra_schema import to_config
+
+from .test_submit import CPU_SINFO
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_config_selects_the_launcher():
+    from hydra import compose, initialize_config_dir
+
+    from vice.hydra_schema import register
+
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == LAUNCHER_TARGET
+    assert cfg.hydra.launcher.poll_s == 5
+
+
+def _launch(tmp_path, *args, env=None):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "launch.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+
+
+def test_hydra_discovers_the_plugin(tmp_path):
+    proc = _launch(tmp_path, "--info", "plugins")
+    assert proc.returncode == 0, proc.stderr
+    assert "\t\tViceSlurmLauncher\n" in proc.stdout  # the Launcher section
+    assert "hydra_plugins.vice_launcher.vice_launcher " in proc.stdout  # the scanned modules
+
+
+def test_without_sbatch_multirun_says_how_to_get_a_cluster(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}
+    proc = _launch(tmp_path, "-m", "trainer.nodes=2", f"hydra.sweep.dir={tmp_path}/sweep", env=env)
+    assert proc.returncode == 2
+    assert NO_SBATCH in proc.stderr
+    assert "sudo python3 tools/slurm_cluster.py up --nodes 2" in proc.stderr
+    assert "python jobs/launch.py <the same overrides, without -m>" in proc.stderr
+    assert not (tmp_path / "sweep").exists()  # checked before Hydra creates the sweep dir
+
+
+PREFIX = "invalid config value "
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"cluster": {"time_min": 0}}, "cluster.time_min=0: must be in [1, inf]"),
+        ({"cluster": {"eval_nodes": 0}}, "cluster.eval_nodes=0: must be in [1, inf]"),
+        ({"trainer": {"max_requeues": -1}}, "trainer.max_requeues=-1: must be in [0, inf]"),
+        ({"cluster": {"mem_gb": 0}}, "cluster.mem_gb=0.0: must be in (0.0, inf]"),
+        ({"cluster": {"partition": "a b"}},
+         "cluster.partition='a b': a SLURM name without spaces, or null"),
+        ({"cluster": {"time_min": 2, "signal_delay_s": 120}},
+         "cluster.signal_delay_s=120: must be shorter than the time limit "
+         "(cluster.time_min=2 min = 120 s)"),
+        ({"cluster": {"additional": {"nodes": 4}}},
+         "cluster.additional.nodes=4: is set by the launcher; "
+         "use the matching trainer.* or cluster.* key"),
+        ({"launch": {"wait": True, "dry_run": True}},
+         "launch.wait=True: a dry run submits nothing to wait for"),
+    ],
+)  # fmt: skip
+def test_cluster_config_validation(section, message):
+    with pytest.raises(ValueError) as err:
+        to_config(section)
+    assert str(err.value) == PREFIX + message
+
+
+@pytest.fixture
+def fake_cluster(tmp_path):
+    """sinfo printing CPU_SINFO, and an sbatch that only records that it was called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text(f"#!/bin/sh\nprintf '%s' '{CPU_SINFO}'\n")
+    for name in ("sbatch", "srun", "squeue", "sacct", "scancel"):
+        (bin_dir / name).write_text(f"#!/bin/sh\necho called >> {tmp_path}/{name}.called\nexit 1\n")
+    for path in bin_dir.iterdir():
+        path.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_dry_run_of_a_sweep_through_hydra(tmp_path, fake_cluster):
+    proc = _launch(
+        tmp_path, "-m", "experiment=smoke", "optim.lr=0.1,0.3", "trainer.nodes=2",
+        "launch.dry_run=true", f"hydra.sweep.dir={tmp_path}/sweep", env=fake_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.count("--- pretrain sbatch script ---") == 2
+    assert out.count("--- eval sbatch script ---") == 2
+    assert out.count("#SBATCH --nodes=2\n") == 2 and out.count("#SBATCH --nodes=1\n") == 2
+    assert f"run_dir: {tmp_path}/sweep/1 (dry run: not created)" in out
+    assert out.rstrip().endswith("dry run: nothing was submitted")
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["multirun.yaml"]
+    assert not (tmp_path / "sbatch.called").exists()
+
+
+def test_preflight_error_through_hydra_submits_nothing(tmp_path, fake_cluster):
+    proc = _launch(
+        tmp_path, "-m", "experiment=smoke", "trainer.nodes=1,3",
+        f"hydra.sweep.dir={tmp_path}/sweep", env=fake_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        "preflight error in #1 (experiment=smoke trainer.nodes=3): invalid config value "
+        "trainer.nodes=3: partition 'batch' has 2 nodes; set trainer.nodes to at most 2 or "
+        "pick another cluster.partition",
+        "nothing was submitted",
+    ]
+    assert not (tmp_path / "sbatch.called").exists()
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["multirun.yaml"]
+
+
+def test_unwritable_sweep_dir_is_refused_before_hydra_creates_it(tmp_path, fake_cluster):
+    (tmp_path / "afile").write_text("")
+    proc = _launch(
+        tmp_path, "-m", "experiment=smoke", f"hydra.sweep.dir={tmp_path}/afile/sweep",
+        env=fake_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        f"preflight error: invalid config value hydra.sweep.dir='{tmp_path}/afile/sweep': "
+        f"{tmp_path}/afile is not a directory; set hydra.sweep.dir to a writable directory "
+        "that every node sees"
+    )
+
+
+def test_parent_run_groups_children(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from vice.config import TrackingConfig
+    from vice.run_dir import SweepDir
+    from vice.tracking import build_tracker, open_parent_run
+
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db")
+    parent = open_parent_run(cfg, tmp_path, "sweep")
+    assert SweepDir(tmp_path).parent_run_id.read_text().strip() == parent
+    assert open_parent_run(cfg, tmp_path) == parent  # another batch of the same sweep
+    (tmp_path / "0").mkdir()
+    child = build_tracker(cfg, tmp_path / "0", run_name="optim.lr=0.1", parent_run_id=parent)
+    run = MlflowClient(cfg.uri).get_run(child.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.info.run_name == "optim.lr=0.1"
+    assert "MLFLOW_RUN_ID" not in os.environ
+    assert open_parent_run(TrackingConfig(enabled=False), tmp_path / "x") is None
