@@ -140,3 +140,99 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
         method.after_optimizer_step(step)
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+def _swav_sinkhorn(scores_NK, epsilon, iterations):
+    """SwAV's published Sinkhorn-Knopp, one process (the oracle's)."""
+    q_KN = torch.exp(scores_NK / epsilon - (scores_NK / epsilon).max()).t()
+    q_KN = q_KN / q_KN.sum()
+    k, n = q_KN.shape
+    for _ in range(iterations):
+        q_KN = q_KN / q_KN.sum(dim=1, keepdim=True) / k
+        q_KN = q_KN / q_KN.sum(dim=0, keepdim=True) / n
+    return (q_KN * n).t()
+
+
+def _loop_vice_loss(z_VBDSS, ids_VBSS, num_regions_B, c_KD, cfg, queue_MD):
+    """ViCE's loss written from the published pseudo-code, one region at a time."""
+    V, B = z_VBDSS.shape[:2]
+    scores = {}  # (view, image, region) -> (K,) scores of the region's vector
+    group_coherence = []
+    for m in range(V):
+        for b in range(B):
+            z_PD = z_VBDSS[m, b].flatten(1).t()
+            sp_P = ids_VBSS[m, b].flatten()
+            s_PK = z_PD @ c_KD.t()
+            distances = []
+            for r in range(int(num_regions_B[b])):
+                idx = (sp_P == r).nonzero().squeeze(1)
+                if cfg.pooling == "mean":
+                    vec = F.normalize(z_PD[idx].mean(0), dim=0)
+                else:
+                    i_star = int(s_PK[idx].max(dim=1).values.argmax())
+                    vec = z_PD[idx][i_star]
+                    rep = vec.detach()
+                    distances.append((z_PD[idx] - rep).norm(dim=1).mean())
+                scores[m, b, r] = vec @ c_KD.t()
+            if distances:
+                group_coherence.append(torch.stack(distances).mean())
+    keys = [(b, r) for b in range(B) for r in range(int(num_regions_B[b]))]
+    s0_NK = torch.stack([scores[0, b, r] for b, r in keys])
+    with torch.no_grad():
+        rows = torch.cat([s0_NK, queue_MD @ c_KD.t()]) if queue_MD is not None else s0_NK
+        q_NK = _swav_sinkhorn(rows, cfg.epsilon, cfg.sinkhorn_iterations)[: len(keys)]
+    swav = 0
+    for m in range(1, V):
+        sm_NK = torch.stack([scores[m, b, r] for b, r in keys])
+        swav = swav + -(q_NK * F.log_softmax(sm_NK / cfg.temperature, dim=1)).sum(1).mean()
+    swav = swav / (V - 1)
+    if cfg.pooling == "mean":
+        return swav
+    coherence = torch.stack(group_coherence).mean()
+    return (cfg.coherence_weight * coherence + swav) / 2
+
+
+def _loss_inputs(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    V, B, D, S, K = 3, 2, 8, 6, 5
+    num_regions_B = torch.tensor([3, 4])
+    ids_VBSS = torch.empty(V, B, S, S, dtype=torch.int64)
+    for b, n in enumerate(num_regions_B.tolist()):
+        for m in range(V):
+            ids = torch.randint(0, n, (S * S,), generator=g)
+            ids[:n] = torch.arange(n)  # every region has pixels in every view
+            ids[torch.rand(S * S, generator=g) < 0.15] = -1  # masked / not common
+            ids[:n] = torch.arange(n)
+            ids_VBSS[m, b] = ids.reshape(S, S)
+    y_VBDSS = torch.randn(V, B, D, S, S, generator=g, dtype=torch.float64, requires_grad=True)
+    c_KD = F.normalize(torch.randn(K, D, generator=g, dtype=torch.float64), dim=1)
+    c_KD.requires_grad_(True)
+    queue_MD = F.normalize(torch.randn(4, D, generator=g, dtype=torch.float64), dim=1)
+    return y_VBDSS, ids_VBSS, num_regions_B, c_KD, queue_MD
+
+
+@pytest.mark.parametrize("pooling", ["representative", "mean"])
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_loss_equals_the_published_per_region_loop_in_float64(pooling, with_queue):
+    """Values and gradients (into the network's pre-normalisation features and the
+    prototypes): representative detached inside coherence, coherence averaged per (view,
+    image) then over them, Sinkhorn on the center view (+ queue), other views predict."""
+    from vice.methods.vice import ViceConfig, vice_loss
+
+    cfg = ViceConfig(pooling=pooling, epsilon=0.3, sinkhorn_iterations=3, coherence_weight=0.7)
+    results = []
+    for fast in (True, False):
+        y, ids, num_regions, c, queue = _loss_inputs(seed=1)
+        z = F.normalize(y, dim=2)  # the network's unit embeddings
+        queue = queue if with_queue else None
+        if fast:
+            loss = vice_loss(z, ids, num_regions, c, cfg, queue)[0]
+        else:
+            loss = _loop_vice_loss(z, ids, num_regions, c, cfg, queue)
+        loss.backward()
+        results.append((loss.detach(), y.grad, c.grad))
+    (fast_loss, fast_gy, fast_gc), (loop_loss, loop_gy, loop_gc) = results
+    torch.testing.assert_close(fast_loss, loop_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast_gy, loop_gy, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast_gc, loop_gc, rtol=1e-10, atol=1e-12)
+    assert fast_gy.abs().max() > 0 and fast_gc.abs().max() > 0

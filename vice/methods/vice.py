@@ -4,7 +4,9 @@ Every view's per-pixel embeddings are pooled per common superpixel; the center v
 vectors get Sinkhorn-balanced soft assignments Q over the K prototypes (with a queue of past
 center-view regions from `queue_start` on); every other view predicts Q from its own region
 vectors: L_swav = mean over views m > 0 and regions r of CE(Q_r, softmax(s_mr / T)).
-With representative-pixel pooling the total is (w * coherence + swav) / 2.
+With representative-pixel pooling the total is (w * coherence + swav) / 2, where coherence
+is the mean distance of a region's pixels to its (detached) representative pixel, averaged
+per (view, image) and then over them, as the published code does.
 
 Shapes: V views, B images, R regions in the batch (this rank), D embedding, K prototypes,
 S view side.
@@ -71,6 +73,70 @@ def swav_cross_entropy(q_RK: torch.Tensor, scores_MRK: torch.Tensor, temperature
     return -(q_RK.unsqueeze(0) * log_p).sum()
 
 
+def vice_loss(
+    z_VBDSS: torch.Tensor,
+    ids_VBSS: torch.Tensor,
+    num_regions_B: torch.Tensor,
+    prototypes_KD: torch.Tensor,
+    cfg: ViceConfig,
+    queue_MD: torch.Tensor | None = None,
+    *,
+    global_regions: float | None = None,
+    global_images: float | None = None,
+    world: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ViCE's loss on one rank's unit embeddings, as the published code computes it.
+
+    Regions are pooled per view (mean, or the most prototype-confident pixel with the
+    coherence term: the representative is detached inside it, and coherence is averaged per
+    (view, image) and then over them). The center view's region scores, with the queue's
+    (`queue_MD`, scored by the current prototypes) below them, get Sinkhorn targets; every
+    other view predicts them.
+
+    Both terms are normalised by global counts (`global_regions` regions, `global_images`
+    images over all ranks; default: this rank's) times `world`, because DDP averages
+    gradients: ranks holding different numbers of regions then produce the gradient of the
+    global mean, the same as one process on the whole batch.
+
+    Returns:
+        total: (coherence_weight * coherence + swav) / 2 for representative pooling, swav for
+            mean pooling; swav; coherence (0 for mean pooling); center_RD: the center view's
+            region vectors, detached (what the queue keeps).
+    """
+    n_views, n_images = z_VBDSS.shape[:2]
+    regions_VRD, coherence = pool_regions(
+        z_VBDSS,
+        ids_VBSS,
+        num_regions_B,
+        mode=cfg.pooling,
+        prototypes_KD=prototypes_KD.detach(),
+        detach_representative=True,
+        coherence_per_group=True,
+    )
+    scores_VRK = F.linear(regions_VRD.flatten(0, 1), prototypes_KD).unflatten(
+        0, regions_VRD.shape[:2]
+    )
+    n_regions = regions_VRD.shape[1]
+    with torch.no_grad():
+        center_RK = at_least_float32(scores_VRK[0].detach())
+        if queue_MD is not None:
+            queued_MK = queue_MD.to(center_RK.dtype) @ prototypes_KD.detach().T
+            center_RK = torch.cat([center_RK, queued_MK])
+        q_RK = sinkhorn(center_RK, cfg.epsilon, cfg.sinkhorn_iterations)[:n_regions]
+    global_regions = float(n_regions) if global_regions is None else global_regions
+    global_images = float(n_images) if global_images is None else global_images
+    ce_sum = swav_cross_entropy(q_RK, scores_VRK[1:], cfg.temperature)
+    swav = ce_sum / ((n_views - 1) * global_regions) * world
+    # This rank's mean over its V * B (view, image) groups, reweighted to its share of the
+    # mean over all groups of the global batch.
+    coherence = coherence * (n_images / global_images * world)
+    if cfg.pooling == "representative":
+        total = (cfg.coherence_weight * coherence + swav) / 2
+    else:
+        total = swav
+    return total, swav, coherence, regions_VRD[0].detach()
+
+
 class ViceMethod(Method):
     """ViCE: the dense network, its prototypes and this rank's queue of center-view regions.
 
@@ -118,68 +184,45 @@ class ViceMethod(Method):
         """Forward pass and loss for one batch; returns (loss to backprop, logged terms).
 
         `terms` are this rank's shares: summed over ranks they give the global values.
-
-        Both terms are normalised by the global region count (times the world size, since DDP
-        averages gradients), so ranks holding different numbers of regions still produce the
-        gradient of the global mean: the same gradient as one process on the whole batch.
         """
         cfg = self.cfg
-        prototypes = self.prototypes
         views_VBCSS = batch.views
-        ids_VBSS = batch.ids
         n_views, n_images = views_VBCSS.shape[:2]
         # The network's dtype (float32, or float64 in the DDP-equivalence test); autocast
         # lowers it inside the forward.
-        x_NCSS = views_VBCSS.flatten(0, 1).to(prototypes.weight.dtype)
-        device_type = x_NCSS.device.type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
+        x_NCSS = views_VBCSS.flatten(0, 1).to(self.prototypes.weight.dtype)
+        with torch.autocast(x_NCSS.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             z_NDSS = self.network(x_NCSS)
         z_VBDSS = at_least_float32(z_NDSS).unflatten(0, (n_views, n_images))
 
-        weight_KD = prototypes.weight
-        regions_VRD, coherence = pool_regions(
-            z_VBDSS,
-            ids_VBSS,
-            batch.num_regions,
-            mode=cfg.pooling,
-            prototypes_KD=weight_KD.detach(),
-        )
-        scores_VRK = prototypes(regions_VRD.flatten(0, 1)).unflatten(0, regions_VRD.shape[:2])
-        n_regions = regions_VRD.shape[1]
-
-        with torch.no_grad():
-            center_RK = at_least_float32(scores_VRK[0].detach())
-            queue = self.queue
-            if queue is not None and queue.device != center_RK.device:
-                queue.to(center_RK.device)
-            use_queue = queue is not None and step >= cfg.queue_start and len(queue)
-            if use_queue:
-                queued_MK = queue.tensor().to(center_RK.dtype) @ weight_KD.detach().T
-                center_RK = torch.cat([center_RK, queued_MK])
-            q_RK = sinkhorn(center_RK, cfg.epsilon, cfg.sinkhorn_iterations)[:n_regions]
-            if queue is not None:
-                queue.push(regions_VRD[0].detach())
-
-        counts = torch.tensor([float(n_regions)], device=x_NCSS.device)
-        global_regions = float(dist.all_reduce_sum(counts.clone()).item())
+        queue = self.queue
+        if queue is not None and queue.device != z_VBDSS.device:
+            queue.to(z_VBDSS.device)
+        use_queue = bool(queue is not None and step >= cfg.queue_start and len(queue))
+        n_regions = int(batch.num_regions.sum())
+        local = torch.tensor([float(n_regions), float(n_images)], device=z_VBDSS.device)
+        global_regions, global_images = dist.all_reduce_sum(local.clone()).tolist()
         world = torch.distributed.get_world_size() if dist.is_distributed() else 1
-        ce_sum = swav_cross_entropy(q_RK, scores_VRK[1:], cfg.temperature)
-        swav = ce_sum / ((n_views - 1) * global_regions) * world
-        # The coherence loss is this rank's mean over its V * R segments (every region has
-        # pixels in every view); reweighted by R / global R it becomes this rank's share of
-        # the mean over all segments of the global batch, like the SwAV term.
-        coherence = coherence * (n_regions / global_regions * world)
-        if cfg.pooling == "representative":
-            total = (cfg.coherence_weight * coherence + swav) / 2
-        else:
-            total = swav
+        total, swav, coherence, center_RD = vice_loss(
+            z_VBDSS,
+            batch.ids,
+            batch.num_regions,
+            self.prototypes.weight,
+            cfg,
+            queue.tensor() if use_queue else None,
+            global_regions=global_regions,
+            global_images=global_images,
+            world=world,
+        )
+        if queue is not None:
+            queue.push(center_RD)
         # Each rank's share of the global value: the trainer sums terms over ranks to log.
         terms = {
             "loss": float(total.detach()) / world,
             "loss_swav": float(swav.detach()) / world,
             "loss_coherence": float(coherence.detach()) / world,
             "regions_per_image": n_regions / n_images / world,
-            "queue_used": float(bool(use_queue)) / world,
+            "queue_used": float(use_queue) / world,
         }
         return total, terms
 

@@ -215,8 +215,14 @@ class _RepresentativeCoherence(torch.autograd.Function):
         G, D, P = grad_z_GDP.shape
         L = index_GL.shape[1]
         # d||z - r|| / dz = (z - r) / ||z - r||, taken as 0 at the representative itself
-        # (distance 0), like vector_norm's own backward.
-        scale_GP = torch.where(dist_GP > 0, grad_coherence * weight_GP / dist_GP, 0.0)
+        # (distance 0), like vector_norm's own backward, and at distances within rounding
+        # of 0: pixels that copy the representative's value (bilinear upsampling replicates
+        # border pixels) are 0 or one ulp away from it depending on how a kernel vectorised
+        # them, and one ulp would give a unit gradient in a direction that is pure rounding.
+        # With the representative detached nothing cancels it, and 2 ranks would no longer
+        # equal 1 process (tests/train/test_ddp.py).
+        tiny = 16 * torch.finfo(dist_GP.dtype).eps
+        scale_GP = torch.where(dist_GP > tiny, grad_coherence * weight_GP / dist_GP, 0.0)
         grad_z_GDP.mul_(scale_GP[:, None, :])
         if P == 0:
             return grad_z_GDP, None, None, None, None
@@ -248,8 +254,13 @@ def _grouped_representatives(
     loc_GP: torch.Tensor,
     num_local: int,
     detach_representative: bool,
+    coherence_per_group: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Representative pooling within groups; returns (rep_GDL, coherence, count_GL)."""
+    """Representative pooling within groups; returns (rep_GDL, coherence, count_GL).
+
+    coherence: the mean over non-empty segments of their mean distance, or with
+    `coherence_per_group` the mean over non-empty groups of that mean within the group.
+    """
     G, _, P = z_GDP.shape
     L = num_local
     group_G = torch.arange(G, device=z_GDP.device)
@@ -261,9 +272,16 @@ def _grouped_representatives(
     count_GL = torch.bincount((seg_GP + 1).reshape(-1), minlength=G * L + 1)[1:].reshape(G, L)
     # Per-pixel weight 1 / (pixels of its segment * non-empty segments): the weighted sum of
     # distances is then the mean over segments of each segment's mean distance.
-    nonempty = (count_GL > 0).sum().clamp(min=1)
     count_GL1 = F.pad(count_GL, (0, 1), value=1)
-    weight_GP = valid_GP.to(z_GDP.dtype) / (count_GL1.gather(1, loc_GP) * nonempty)
+    if coherence_per_group:
+        # 1 / (pixels of its segment * non-empty segments of its group * non-empty groups)
+        segments_G = (count_GL > 0).sum(dim=1)
+        groups = (segments_G > 0).sum().clamp(min=1)
+        per_pixel_GP = count_GL1.gather(1, loc_GP) * segments_G.clamp(min=1)[:, None] * groups
+    else:
+        nonempty = (count_GL > 0).sum().clamp(min=1)
+        per_pixel_GP = count_GL1.gather(1, loc_GP) * nonempty
+    weight_GP = valid_GP.to(z_GDP.dtype) / per_pixel_GP
     with torch.autocast(z_GDP.device.type, enabled=False):  # distances in z's dtype
         rep_GDL, coherence = _RepresentativeCoherence.apply(
             z_GDP, index_GL, loc_GP, weight_GP, detach_representative
@@ -334,6 +352,7 @@ def pool_regions(
     prototypes_KD: torch.Tensor | None = None,
     *,
     detach_representative: bool = False,
+    coherence_per_group: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One L2-normalised vector per view and region of the batch, plus the coherence loss.
 
@@ -353,6 +372,8 @@ def pool_regions(
         mode: "mean" (FPN runs) or "representative" (DeepLab runs; needs prototypes_KD).
         prototypes_KD: prototype matrix used to pick each region's most confident pixel.
         detach_representative: see `representative_pool`.
+        coherence_per_group: average each (view, image)'s segments first, then the (view,
+            image) groups, as the published code does; False: one mean over all segments.
 
     Returns:
         regions_VRD: unit-norm region vectors; row r is the same region in every view,
@@ -375,7 +396,13 @@ def pool_regions(
     # and reorder pixels, and bf16 sums over hundreds of pixels lose digits.
     with torch.autocast(device.type, enabled=False):
         return _pool_regions(
-            z_VBDHW, ids_VBHW, num_regions_B, mode, prototypes_KD, detach_representative
+            z_VBDHW,
+            ids_VBHW,
+            num_regions_B,
+            mode,
+            prototypes_KD,
+            detach_representative,
+            coherence_per_group,
         )
 
 
@@ -386,6 +413,7 @@ def _pool_regions(
     mode: PoolMode,
     prototypes_KD: torch.Tensor | None,
     detach_representative: bool,
+    coherence_per_group: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     V, B, D, H, W = z_VBDHW.shape
     device = z_VBDHW.device
@@ -410,7 +438,7 @@ def _pool_regions(
         assert prototypes_KD is not None
         confidence_GP = _max_scores(z_GDP, prototypes_KD)
         pooled_GDL, coherence, _ = _grouped_representatives(
-            z_GDP, confidence_GP, loc_GP, L, detach_representative
+            z_GDP, confidence_GP, loc_GP, L, detach_representative, coherence_per_group
         )
     # Row offset_b + r of the batch is local segment r of group (v, b).
     image_R = torch.repeat_interleave(torch.arange(B, device=device), num_regions_B)
