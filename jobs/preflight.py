@@ -106,6 +106,10 @@ def check_data(config: Config) -> None:
     from vice.data.regions import check_regions
 
     check_superpixels(config)
+    if config.model.init_weights:  # missing file, wrong architecture: named, before any write
+        from vice.models.backbones import build_backbone
+
+        build_backbone(config.model.backbone, config.model.output_stride, config.model.init_weights)
     # e.g. data.superpixels.method=gt on a data set without instance maps
     check_regions(build_source(config.data), config.data.superpixels)
     if config.eval.enabled:

@@ -156,8 +156,8 @@ def make_paths_absolute(cfg: Config, base: Path) -> None:
     cache = cfg.data.superpixels.cache_dir
     if cache and not Path(cache).is_absolute():
         cfg.data.superpixels.cache_dir = str((base / cache).resolve())
-    if cfg.model.weights and not Path(cfg.model.weights).is_absolute():
-        cfg.model.weights = str((base / cfg.model.weights).resolve())
+    if cfg.model.init_weights and not Path(cfg.model.init_weights).is_absolute():
+        cfg.model.init_weights = str((base / cfg.model.init_weights).resolve())
 
 
 def make_executor(run_dir: str | Path, params: dict[str, Any], max_requeues: int) -> Any:

@@ -220,7 +220,9 @@ class ModelConfig:
     fpn_normalize_laterals: bool = False
     embed_dim: int = 128
     aspp_rates: list[int] = field(default_factory=lambda: [12, 24, 36])  # at output stride 8
-    weights: str | None = None  # local torchvision-format backbone state dict; never downloaded
+    # A local torchvision-format ResNet state dict (fc.* ignored) the trunk starts from, e.g.
+    # from tools/make_init_weights.py; never downloaded. null: random init.
+    init_weights: str | None = None
     channels_last: bool = True  # on CUDA only
     sync_bn: bool = True  # batch statistics over all ranks under DDP (CUDA and gloo alike)
 

@@ -46,15 +46,20 @@ def method_config(values: dict[str, Any] | MethodConfig | None) -> MethodConfig:
 
 
 def _upgrade_legacy(node: DictConfig) -> DictConfig:
-    """A config.yaml written before the method interface had the prototype count in
-    `model.num_prototypes`; it is ViCE's `method.num_prototypes` now."""
+    """Keys of a config.yaml written before the method interface: the prototype count was
+    `model.num_prototypes` (ViCE's `method.num_prototypes` now), the trunk's start weights
+    `model.weights` (`model.init_weights` now)."""
     model = node.get("model")
-    if model is not None and "num_prototypes" in model:
-        node = node.copy()
-        with open_dict(node):
+    if model is None or not ({"num_prototypes", "weights"} & set(model)):
+        return node
+    node = node.copy()
+    with open_dict(node):
+        if "num_prototypes" in node.model:
             count = node.model.pop("num_prototypes")
             node.method = node.get("method") or {}
             node.method.setdefault("num_prototypes", count)
+        if "weights" in node.model:
+            node.model.setdefault("init_weights", node.model.pop("weights"))
     return node
 
 

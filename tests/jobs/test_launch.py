@@ -91,6 +91,15 @@ def test_more_nodes_without_m_are_refused_before_anything_is_written(tmp_path):
     assert not run.exists() or not any(run.iterdir())
 
 
+def test_unusable_init_weights_fail_before_anything_is_written(tmp_path):
+    proc = _launch(tmp_path, f"model.init_weights={tmp_path}/nope.pt")
+    assert proc.returncode == 2, proc.stderr
+    assert f"model.init_weights='{tmp_path}/nope.pt': no such file" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    run = tmp_path / "run"
+    assert not run.exists() or not any(run.iterdir())
+
+
 def test_wrong_type_names_the_key(tmp_path):
     proc = _launch(tmp_path, "trainer.max_steps=abc")
     assert proc.returncode != 0

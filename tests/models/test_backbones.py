@@ -140,14 +140,14 @@ def test_local_weights_load_and_fc_is_ignored(tmp_path) -> None:
 
 def test_missing_weight_file_names_the_key(tmp_path) -> None:
     path = tmp_path / "nope.pth"
-    with pytest.raises(ValueError, match=r"model\.weights=.*nope\.pth.*no such file"):
+    with pytest.raises(ValueError, match=r"model\.init_weights=.*nope\.pth.*no such file"):
         build_backbone("resnet18", 8, str(path))
 
 
 def test_wrong_architecture_names_the_key(tmp_path) -> None:
     path = tmp_path / "r50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
-    with pytest.raises(ValueError, match=r"model\.weights=.*r50\.pth.*does not match") as err:
+    with pytest.raises(ValueError, match=r"model\.init_weights=.*r50\.pth.*does not match") as err:
         build_backbone("resnet18", 8, str(path))
     assert "unexpected keys" in str(err.value)
     assert "shape mismatches" in str(err.value)
@@ -158,13 +158,13 @@ def test_missing_key_and_garbage_file(tmp_path) -> None:
     del state["layer2.0.bn1.running_var"]
     path = tmp_path / "partial.pth"
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"model\.weights.*1 missing keys.*layer2\.0\.bn1"):
+    with pytest.raises(ValueError, match=r"model\.init_weights.*1 missing keys.*layer2\.0\.bn1"):
         build_backbone("resnet18", 8, str(path))
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"model\.weights.*cannot be read"):
+    with pytest.raises(ValueError, match=r"model\.init_weights.*cannot be read"):
         build_backbone("resnet18", 8, str(path))
     torch.save([torch.zeros(1)], path)
-    with pytest.raises(ValueError, match=r"model\.weights.*a dict of tensors"):
+    with pytest.raises(ValueError, match=r"model\.init_weights.*a dict of tensors"):
         build_backbone("resnet18", 8, str(path))
 
 

@@ -102,10 +102,10 @@ def test_build_model_loads_local_weights(tmp_path) -> None:
     state = torchvision.models.resnet18(weights=None).state_dict()
     path = tmp_path / "r18.pth"
     torch.save(state, path)
-    model = build_model(ModelConfig(backbone="resnet18", weights=str(path)))
+    model = build_model(ModelConfig(backbone="resnet18", init_weights=str(path)))
     assert torch.equal(model.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
-    with pytest.raises(ValueError, match=r"model\.weights"):
-        build_model(ModelConfig(backbone="resnet50", weights=str(path)))
+    with pytest.raises(ValueError, match=r"model\.init_weights"):
+        build_model(ModelConfig(backbone="resnet50", init_weights=str(path)))
 
 
 def test_build_model_validates_config() -> None:

@@ -25,12 +25,12 @@ def build_model(cfg: ModelConfig) -> DenseEmbeddingModel:
     """Builds trunk and decoder from `cfg` (validated first).
 
     Parameters are drawn from torch's global RNG (seed it before calling); the trunk is then
-    overwritten by `cfg.weights` when set. channels_last and SyncBatchNorm are the trainer's.
+    overwritten by `cfg.init_weights` when set. channels_last and SyncBatchNorm are the trainer's.
 
     Raises:
-        ValueError: an invalid config value or an unusable `model.weights` file.
+        ValueError: an invalid config value or an unusable `model.init_weights` file.
     """
     cfg.validate("model")
-    backbone = build_backbone(cfg.backbone, cfg.output_stride, cfg.weights)
+    backbone = build_backbone(cfg.backbone, cfg.output_stride, cfg.init_weights)
     decoder = DECODERS[cfg.decoder](cfg, backbone.channels)
     return DenseEmbeddingModel(backbone, decoder)

@@ -90,7 +90,7 @@ def build_backbone(name: str, output_stride: int = 8, weights: str | None = None
 
     Raises:
         ValueError: unknown name or output stride, or an unusable weight file (the message
-            names `model.weights`, the path and the problem).
+            names `model.init_weights`, the path and the problem).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
@@ -146,12 +146,12 @@ def load_local_weights(trunk: DilatedResNet, path: str) -> None:
     """Loads a torchvision ResNet state dict from `path` into `trunk`, ignoring `fc.*`.
 
     Raises:
-        ValueError: naming `model.weights`, the path and the problem (missing file, unreadable
+        ValueError: naming `model.init_weights`, the path and the problem (missing file, unreadable
             file, not a state dict, missing/unexpected keys or shape mismatches).
     """
 
     def fail(problem: str) -> ValueError:
-        return ValueError(f"model.weights={path!r}: {problem}")
+        return ValueError(f"model.init_weights={path!r}: {problem}")
 
     if not Path(path).is_file():
         raise fail("no such file (weights are read from a local file, never downloaded)")

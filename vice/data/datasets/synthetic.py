@@ -20,7 +20,9 @@ import numpy as np
 
 from vice.data.datasets.base import ImageSource
 
-SPLIT_CODES = {"train": 0, "val": 1}
+# "init": images for an image-level supervised init of the trunk (tools/make_init_weights.py),
+# disjoint from the pretraining and evaluation splits.
+SPLIT_CODES = {"train": 0, "val": 1, "init": 2}
 
 MIN_CLASSES = 6
 MIN_SIZE = 16
@@ -267,7 +269,7 @@ class SyntheticSource(ImageSource):
 
     Args:
         root: Ignored; present so every source has the same constructor.
-        split: "train" or "val"; the two splits hold different images.
+        split: "train", "val" or "init"; the splits hold different images.
         length: Number of images in the split.
         size: Image side in px (square), or (height, width).
         seed: Data set seed; image i is a pure function of (seed, split, i).
