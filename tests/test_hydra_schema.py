@@ -88,3 +88,29 @@ def test_config_written_before_the_method_interface_still_loads():
     """`model.num_prototypes` was ViCE's prototype count; it is `method.num_prototypes`."""
     cfg = to_config({"model": {"num_prototypes": 9}, "method": {"name": "vice"}})
     assert cfg.method.num_prototypes == 9 and not hasattr(cfg.model, "num_prototypes")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+trainer.foo=1", "unknown config key trainer.foo; it is not in the schema"),
+        ("+method.tau=1", "unknown config key method.tau; it is not in the schema"),
+        ("+data.views.sizee=3", "unknown config key data.views.sizee; it is not in the schema"),
+        ("optim.lr=nan", "invalid config value optim.lr=nan: must be a finite number"),
+        ("optim.weight_decay=inf", "invalid config value optim.weight_decay=inf: must be a"),
+        ("method.temperature=-inf", "invalid config value method.temperature=-inf: must be"),
+    ],
+)
+def test_appended_unknown_keys_and_non_finite_numbers_are_refused(override, message):
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        node = compose("config", [override])
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        to_config(node)
+
+
+def test_free_form_sbatch_options_take_any_key():
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = to_config(compose("config", ["+cluster.additional.mail-type=END"]))
+    assert cfg.cluster.additional == {"mail-type": "END"}

@@ -8,6 +8,7 @@ is allowed. Validation runs before anything is built, submitted or written.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -26,6 +27,10 @@ def check_name(key: str, value: Any, registry: Mapping[str, Any]) -> None:
 def _check_range(
     key: str, value: float, lo: float | None = None, hi: float | None = None, *, lo_open=False
 ) -> None:
+    # NaN compares false with every bound, and inf passes where there is no upper bound:
+    # both would start a job that fails much later without naming the key.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(key, value, "must be a finite number")
     too_low = lo is not None and (value <= lo if lo_open else value < lo)
     too_high = hi is not None and value > hi
     if too_low or too_high:

@@ -8,6 +8,7 @@ the schemas import torch: ~1-3 s at the start of the launcher.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -63,10 +64,50 @@ def _upgrade_legacy(node: DictConfig) -> DictConfig:
     return node
 
 
+def unknown_keys(values: Any, schema: type, prefix: str = "") -> list[str]:
+    """Full names of the keys in `values` (a nested dict) that `schema` (a dataclass) does
+    not have. Hydra lets `+trainer.foo=1` through and OmegaConf would then carry the key
+    along silently; a free-form dict field (e.g. cluster.additional) takes any key."""
+    if not isinstance(values, dict):
+        return []
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    found = []
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            found.append(full)
+            continue
+        default = fields[key].default_factory  # type: ignore[misc]
+        nested = default() if callable(default) else None
+        if dataclasses.is_dataclass(nested):
+            found.extend(unknown_keys(value, type(nested), f"{full}."))
+    return found
+
+
+def _refuse_unknown(node: DictConfig) -> None:
+    from vice.methods import METHODS
+
+    values = OmegaConf.to_container(node, resolve=False)
+    assert isinstance(values, dict)
+    method = values.pop("method", None) or {}
+    unknown = unknown_keys(values, Config)
+    name = method.get("name", "vice") if isinstance(method, dict) else "vice"
+    if name in METHODS:
+        unknown += unknown_keys(method, METHODS[name].Config, "method.")
+    if unknown:
+        raise ValueError(
+            f"unknown config key {unknown[0]}"
+            + (f" (and {len(unknown) - 1} more: {unknown[1:4]})" if len(unknown) > 1 else "")
+            + "; it is not in the schema (vice/config.py, the method's Config): check the "
+            "spelling, or remove it"
+        )
+
+
 def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
     """Typed, validated Config from a composed Hydra config (raises ValueError on bad values)."""
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     node = _upgrade_legacy(node)
+    _refuse_unknown(node)
     method = node.get("method")
     # The method's section is typed by its own schema (the `method` group), the rest by
     # Config: built apart, so that any method's schema fits Config's `method: Any`.
