@@ -28,7 +28,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from jobs.preflight import check_data, check_local
 from vice.hydra_schema import register, to_config
 
 register()
@@ -47,10 +46,8 @@ def print_summary(metrics: dict, run_dir: Path, tracker) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> str:
-    try:
+    try:  # already checked by jobs/run_checks.py before Hydra made the run directory
         config = to_config(cfg)
-        check_local(config)
-        check_data(config)
     except ValueError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
