@@ -239,8 +239,8 @@ def test_dry_run_prints_scripts_and_submits_nothing(cluster, tmp_path):
     for line in expected:
         assert line in out.splitlines(), line
     assert "resources: pretrain 2 nodes x 1 processes (CPU)" in out
-    assert out.rstrip().endswith("dry run: nothing was submitted")
-    assert not run_dir.exists() and not (tmp_path / "sweep" / "code").exists()
+    assert out.rstrip().endswith("dry run: nothing was submitted, nothing was written")
+    assert not run_dir.exists() and not (tmp_path / "sweep").exists()
     assert _our_jobs(tmp_path) == []
 
 

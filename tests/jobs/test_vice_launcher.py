@@ -108,8 +108,8 @@ def test_dry_run_of_a_sweep_through_hydra(tmp_path, fake_cluster):
     assert out.count("--- eval sbatch script ---") == 2
     assert out.count("#SBATCH --nodes=2\n") == 2 and out.count("#SBATCH --nodes=1\n") == 2
     assert f"run_dir: {tmp_path}/sweep/1 (dry run: not created)" in out
-    assert out.rstrip().endswith("dry run: nothing was submitted")
-    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["multirun.yaml"]
+    assert out.rstrip().endswith("dry run: nothing was submitted, nothing was written")
+    assert not (tmp_path / "sweep").exists()  # not even multirun.yaml
     assert not (tmp_path / "sbatch.called").exists()
 
 
@@ -126,7 +126,7 @@ def test_preflight_error_through_hydra_submits_nothing(tmp_path, fake_cluster):
         "nothing was submitted",
     ]
     assert not (tmp_path / "sbatch.called").exists()
-    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["multirun.yaml"]
+    assert not (tmp_path / "sweep").exists()  # not even multirun.yaml
 
 
 def test_unwritable_sweep_dir_is_refused_before_hydra_creates_it(tmp_path, fake_cluster):

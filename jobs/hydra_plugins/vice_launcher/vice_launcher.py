@@ -38,7 +38,29 @@ NO_SBATCH = """\
 SINFO_HINT = "is the cluster up? (python3 tools/slurm_cluster.py status)"
 
 
-def _exit(lines: Sequence[str], code: int = 2) -> None:
+# The nearest directory above hydra.sweep.dir that existed before Hydra's sweeper created the
+# sweep dir and wrote multirun.yaml into it (set by SubmitChecks, before the sweeper runs).
+_SWEEP_ROOT: list[Path] = []
+
+
+def _undo_sweep_dir(sweep_dir: Path) -> None:
+    """Removes what Hydra's sweeper wrote for a sweep that is refused or only a dry run: its
+    multirun.yaml and the directories it created, nothing that existed before."""
+    if not _SWEEP_ROOT:
+        return
+    (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+    path = sweep_dir.absolute()
+    while path != _SWEEP_ROOT[0] and _SWEEP_ROOT[0] in path.parents:
+        try:
+            path.rmdir()  # only when empty: a file of anyone else stays
+        except OSError:
+            break
+        path = path.parent
+
+
+def _exit(lines: Sequence[str], code: int = 2, sweep_dir: Path | None = None) -> None:
+    if sweep_dir is not None:
+        _undo_sweep_dir(sweep_dir)
     for line in lines:
         print(line, file=sys.stderr)
     raise SystemExit(code)
@@ -62,6 +84,10 @@ class SubmitChecks(Callback):
             check_output_dir(str(config.hydra.sweep.dir), "hydra.sweep.dir")
         except ValueError as err:
             _exit([f"preflight error: {err}"])
+        existing = Path(str(config.hydra.sweep.dir)).absolute()
+        while not existing.exists():
+            existing = existing.parent
+        _SWEEP_ROOT[:] = [existing]
 
 
 class _Point:
@@ -111,7 +137,10 @@ class ViceSlurmLauncher(SlurmLauncher):
         try:
             self._partitions = partitions = read_sinfo()
         except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-            _exit([f"cannot read the cluster's partitions: {err}", SINFO_HINT])
+            _exit(
+                [f"cannot read the cluster's partitions: {err}", SINFO_HINT],
+                sweep_dir=Path(str(self.config.hydra.sweep.dir)).absolute(),
+            )
         points, errors = [], []
         original = HydraConfig.instance().cfg
         try:
@@ -151,11 +180,15 @@ class ViceSlurmLauncher(SlurmLauncher):
                 points.append(_Point(num, label, swept_label, cfg, run_dir.absolute(), ret))
         finally:
             HydraConfig.instance().cfg = original
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         if errors:
-            _exit([*errors, "nothing was submitted"])
+            _exit([*errors, "nothing was submitted"], sweep_dir=sweep_dir)
         modes = {(p.cfg.launch.wait, p.cfg.launch.dry_run) for p in points}
         if len(modes) > 1:
-            _exit(["config error: launch.wait and launch.dry_run must be the same for every point"])
+            _exit(
+                ["config error: launch.wait and launch.dry_run must be the same for every point"],
+                sweep_dir=sweep_dir,
+            )
         return points
 
     # ----------------------------------------------------------------- launch
@@ -199,7 +232,8 @@ class ViceSlurmLauncher(SlurmLauncher):
                 )
                 print(f"  --- {stage} sbatch script ---")
                 print(submit.render_script(point.run_dir, params))
-        print("dry run: nothing was submitted")
+        _undo_sweep_dir(sweep_dir)
+        print("dry run: nothing was submitted, nothing was written")
 
     def _submit(self, points: list[_Point], sweep_dir: Path, many: bool) -> None:
         from jobs import submit, watch
