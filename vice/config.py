@@ -162,6 +162,20 @@ class SyntheticConfig:
 
 
 @dataclass
+class TestbedConfig:
+    """The procedural testbed (vice/data/datasets/testbed.py): 12 texture x hue classes."""
+
+    length: int = 2000  # images per epoch of the train split
+    eval_length: int = 256  # images of the val split (bench/testbed.py measures on these)
+    size: int = 128  # px, square; texture periods are fixed in px up to 128
+
+    def validate(self, prefix: str = "data.testbed") -> None:
+        _check_range(f"{prefix}.length", self.length, 1)
+        _check_range(f"{prefix}.eval_length", self.eval_length, 1)
+        _check_range(f"{prefix}.size", self.size, 32)
+
+
+@dataclass
 class DataConfig:
     """Which images, how each sample is built, and how batches are loaded."""
 
@@ -174,6 +188,7 @@ class DataConfig:
     seed: int = 0  # every sample is a pure function of (seed, epoch, index)
     max_resample: int = 20  # tries before giving up on an image with no common superpixel
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    testbed: TestbedConfig = field(default_factory=TestbedConfig)
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
     masking: MaskConfig = field(default_factory=MaskConfig)
@@ -182,7 +197,7 @@ class DataConfig:
         from vice.data.datasets import DATASETS  # the registry itself (lazy: torch)
 
         check_name(f"{prefix}.dataset", self.dataset, DATASETS)
-        if self.dataset != "synthetic" and not self.root:
+        if self.dataset not in ("synthetic", "testbed") and not self.root:  # procedural
             raise _fail(
                 f"{prefix}.root", self.root, f"data set '{self.dataset}' needs its directory"
             )
@@ -190,6 +205,7 @@ class DataConfig:
         _check_range(f"{prefix}.num_workers", self.num_workers, 0)
         _check_range(f"{prefix}.max_resample", self.max_resample, 1)
         self.synthetic.validate(f"{prefix}.synthetic")
+        self.testbed.validate(f"{prefix}.testbed")
         self.superpixels.validate(f"{prefix}.superpixels")
         self.views.validate(f"{prefix}.views")
         self.masking.validate(f"{prefix}.masking")

@@ -15,7 +15,7 @@ def test_root_error_names_path_problem_layout_and_fix():
 
 
 def test_registry_is_a_plain_dict_of_sources():
-    assert set(DATASETS) == {"synthetic", "coco", "cityscapes", "folder"}
+    assert set(DATASETS) == {"synthetic", "testbed", "coco", "cityscapes", "folder"}
     assert all(issubclass(cls, ImageSource) for cls in DATASETS.values())
 
 

@@ -10,9 +10,11 @@ from vice.data.datasets.cityscapes import CityscapesSource
 from vice.data.datasets.coco import CocoSource
 from vice.data.datasets.folder import FolderSource
 from vice.data.datasets.synthetic import SyntheticSource
+from vice.data.datasets.testbed import TestbedSource
 
 DATASETS: dict[str, type[ImageSource]] = {
     "synthetic": SyntheticSource,
+    "testbed": TestbedSource,
     "coco": CocoSource,
     "cityscapes": CityscapesSource,
     "folder": FolderSource,
@@ -32,11 +34,15 @@ def build_source(cfg: DataConfig, split: str | None = None, labels: bool = False
         syn = cfg.synthetic
         length = syn.eval_length if split == "val" else syn.length
         kwargs.update(length=length, size=syn.size, seed=cfg.seed, num_classes=syn.num_classes)
+    elif name == "testbed":
+        tb = cfg.testbed
+        length = tb.eval_length if split == "val" else tb.length
+        kwargs.update(length=length, size=tb.size, seed=cfg.seed)
     elif labels:
         if name == "folder":
             raise ValueError(
-                "data.dataset='folder' has no labels: evaluation needs 'synthetic', 'coco' or "
-                "'cityscapes' (set eval.dataset or data.dataset)"
+                "data.dataset='folder' has no labels: evaluation needs 'synthetic', 'testbed', "
+                "'coco' or 'cityscapes' (set eval.dataset or data.dataset)"
             )
         kwargs["labels"] = True
     return DATASETS[name](**kwargs)
