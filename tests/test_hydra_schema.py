@@ -4,7 +4,7 @@ from hydra.errors import ConfigCompositionException
 
 from vice.config import ViewConfig
 from vice.hydra_schema import register, to_config
-from vice.methods import ViceConfig
+from vice.methods import METHODS, ViceConfig
 
 from .test_packaging import ROOT
 
@@ -66,7 +66,17 @@ def test_every_experiment_composes_and_validates(experiment):
     register()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = to_config(compose("config", [f"experiment={experiment}", "data.root=/data"]))
-    assert isinstance(cfg.method, ViceConfig)
+    assert type(cfg.method) is METHODS[cfg.method.name].Config
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_composes_with_the_default_recipe(method):
+    """`python jobs/launch.py method=<name>`: the local recipe plus the method's own keys at
+    that scale (conf/tuning/local_<name>.yaml)."""
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = to_config(compose("config", [f"method={method}"]))
+    assert cfg.method.name == method and cfg.trainer.max_steps == 150
 
 
 def test_method_group_is_typed_by_the_method_schema():
@@ -75,13 +85,13 @@ def test_method_group_is_typed_by_the_method_schema():
         cfg = to_config(compose("config", ["method=vice", "method.temperature=0.2"]))
         assert isinstance(cfg.method, ViceConfig) and cfg.method.temperature == 0.2
         with pytest.raises(ConfigCompositionException):
-            compose("config", ["method=slotcon"])  # no such method (yet)
+            compose("config", ["method=moco"])  # no such method
         with pytest.raises(ConfigCompositionException, match=r"method\.temperature=warm"):
             compose("config", ["method.temperature=warm"])  # a float, by ViceConfig
     with pytest.raises(ValueError, match=r"unknown config key method\.tau"):
         to_config({"method": {"name": "vice", "tau": 1.0}})
-    with pytest.raises(ValueError, match=r"method\.name='slotcon': one of \['vice'\]"):
-        to_config({"method": {"name": "slotcon"}})
+    with pytest.raises(ValueError, match=r"method\.name='moco': one of \['slotcon', 'vice'\]"):
+        to_config({"method": {"name": "moco"}})
 
 
 def test_config_written_before_the_method_interface_still_loads():

@@ -28,7 +28,12 @@ def register() -> None:
     from vice.methods import METHODS
 
     store = ConfigStore.instance()
-    store.store(name=SCHEMA_NAME, node=Config)
+    # `method` is typed by the selected method's own schema (the `method` group's
+    # `<name>_schema`), so the root schema leaves it untyped: typed by Config's default
+    # (ViceConfig), merging another method's schema into it fails.
+    schema = OmegaConf.structured(Config)
+    schema.method = {}
+    store.store(name=SCHEMA_NAME, node=schema)
     for name, method in METHODS.items():
         store.store(group="method", name=f"{name}_schema", node=method.Config)
 

@@ -52,3 +52,22 @@ class ViceBatch(Batch):
         if device.type == "cuda":  # the loader's pinned layout is not channels_last
             moved.views = moved.views.contiguous(memory_format=torch.contiguous_format)
         return moved
+
+
+@dataclass
+class TwoCropBatch(Batch):
+    """Two overlapping crops of B images, view-major (`vice.data.two_crops`, SlotCon)."""
+
+    views: torch.Tensor  # float32 (2, B, 3, S, S)
+    boxes: torch.Tensor  # float32 (2, B, 4): overlap (x1, y1, x2, y2) in the view's [0, 1]
+    flips: torch.Tensor  # bool (2, B): view was flipped horizontally (its box is mirrored)
+    crops: torch.Tensor  # float32 (2, B, 4): (x0, y0, w, h) in source pixels
+    keys: list[tuple[int, int]]  # (epoch, index) the sampler handed out
+    indices: torch.Tensor  # int64 (B,): images actually used (after substitutions)
+
+    def to(self, device: torch.device) -> TwoCropBatch:
+        moved = super().to(device)
+        assert isinstance(moved, TwoCropBatch)
+        if device.type == "cuda":  # the loader's pinned layout is not channels_last
+            moved.views = moved.views.contiguous(memory_format=torch.contiguous_format)
+        return moved

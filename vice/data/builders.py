@@ -15,12 +15,15 @@ import torch
 from vice.config import DataConfig
 from vice.data.datasets.base import ImageSource
 from vice.data.pretrain import ViceDataset
+from vice.data.two_crops import TwoCropDataset
 
 SampleBuilder = Callable[[ImageSource, DataConfig], torch.utils.data.Dataset]
 
 SAMPLE_BUILDERS: dict[str, SampleBuilder] = {
     # A center view + surrounding views, common superpixel ids, regional masking (ViCE).
     "vice_views": ViceDataset,
+    # Two overlapping random resized crops with their overlap boxes and flips (SlotCon).
+    "two_crops": TwoCropDataset,
 }
 
 

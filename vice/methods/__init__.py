@@ -9,14 +9,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vice.methods.base import Method
+from vice.methods.slotcon import SlotConConfig, SlotConMethod
 from vice.methods.vice import ViceConfig, ViceMethod
 
 if TYPE_CHECKING:
     from vice.config import Config
 
-METHODS: dict[str, type[Method]] = {"vice": ViceMethod}
+METHODS: dict[str, type[Method]] = {"vice": ViceMethod, "slotcon": SlotConMethod}
 
-__all__ = ["METHODS", "Method", "ViceConfig", "ViceMethod", "build_method"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "SlotConConfig",
+    "SlotConMethod",
+    "ViceConfig",
+    "ViceMethod",
+    "build_method",
+]
 
 
 def build_method(cfg: Config, world_size: int = 1) -> Method:
