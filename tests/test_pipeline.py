@@ -1,9 +1,19 @@
+import json
+
 import pytest
 import torch
 
+from vice.config import EvalConfig, FloorsConfig
 from vice.methods import ViceMethod
-from vice.pipeline import load_config, load_final_model, write_config
+from vice.pipeline import (
+    evaluate_run,
+    load_config,
+    load_final_model,
+    untrained_network,
+    write_config,
+)
 from vice.run_dir import RunDir
+from vice.tracking import Tracker
 from vice.train.checkpoint import CheckpointManager
 
 from .train.test_trainer import tiny_config
@@ -56,3 +66,99 @@ def test_format_1_final_weights_and_checkpoints_still_load(tmp_path):
     torch.save(old, RunDir(tmp_path).final_weights)
     got = load_final_model(cfg, tmp_path, torch.device("cpu"))
     assert torch.equal(got.state_dict()[head], old[head])
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (tests/eval/conftest)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class _Recorder(Tracker):
+    def __init__(self):
+        self.metrics, self.tags, self.artifacts = {}, {}, []
+
+    def log_metrics(self, metrics, step):
+        assert step == 0
+        self.metrics.update(metrics)
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
+
+    def log_artifact(self, path, artifact_path=None):
+        self.artifacts.append((path.name, artifact_path))
+
+
+def test_untrained_network_is_the_seeded_export_and_leaves_the_rng_alone():
+    cfg = tiny_config()
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    net = untrained_network(cfg)
+    assert torch.equal(torch.get_rng_state(), before) and not net.training
+    torch.manual_seed(cfg.trainer.seed)
+    want = ViceMethod(cfg).export().state_dict()
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, want[key]), key
+
+
+def _eval_config(**floors) -> EvalConfig:
+    return EvalConfig(
+        image_size=32,
+        max_images=4,
+        cluster_counts=[8],
+        kmeans_iters=3,
+        linear_train_images=4,
+        linear_iters=20,
+        linear_batch_pixels=1024,
+        floors=FloorsConfig(**floors),
+    )
+
+
+def test_evaluate_run_logs_floors_and_margins(tmp_path, one_thread):
+    cfg = tiny_config()
+    cfg.eval = _eval_config()
+    cfg.validate()
+    torch.manual_seed(5)
+    trained = ViceMethod(cfg).export()  # stands for the trained network
+    tracker = _Recorder()
+    metrics = evaluate_run(cfg, tmp_path, tracker, model=trained)
+
+    on_disk = json.loads(RunDir(tmp_path).metrics.read_text())
+    assert on_disk == metrics
+    assert metrics["floors.names"] == list(FloorsConfig().names)
+    assert metrics["floors.skipped"] == []
+    keys = ("clustering.8.miou", "linear.miou", "region.nn_same_class", "region.probe_acc")
+    for key in keys:
+        assert tracker.metrics[f"eval.{key}"] == metrics[key]
+        for name in metrics["floors.names"]:
+            assert tracker.metrics[f"eval.floors.{name}.{key}"] == metrics[f"floors.{name}.{key}"]
+        assert tracker.metrics[f"eval.margin.{key}"] == metrics[f"margin.{key}"]
+        assert tracker.tags[f"eval.margin.{key}.floor"] == metrics[f"margin.{key}.floor"]
+    assert all(isinstance(v, float) for v in tracker.metrics.values())
+    assert ("metrics.json", "eval") in tracker.artifacts
+
+    # The random_init floor is the untrained network: evaluated directly, it scores the same.
+    cfg.eval.floors.enabled = False
+    again = evaluate_run(cfg, tmp_path / "b", _Recorder(), model=untrained_network(cfg))
+    for key in keys:
+        assert again[key] == metrics[f"floors.random_init.{key}"]
+
+
+def test_evaluate_run_without_floors(tmp_path, one_thread):
+    cfg = tiny_config()
+    cfg.eval = _eval_config(enabled=False)
+    cfg.validate()
+    tracker = _Recorder()
+    metrics = evaluate_run(cfg, tmp_path, tracker, model=untrained_network(cfg))
+    assert not any(k.startswith(("floors.", "margin.")) for k in metrics)
+    assert "eval.region.nn_same_class" in tracker.metrics and not tracker.tags
+
+
+def test_floor_names_are_validated():
+    with pytest.raises(ValueError, match=r"eval\.floors\.names=\['chance', 'best'\]: unknown"):
+        _eval_config(names=["chance", "best"]).validate()
+    with pytest.raises(ValueError, match=r"eval\.floors\.dim=0"):
+        _eval_config(dim=0).validate()

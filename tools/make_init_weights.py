@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     data = DataConfig(dataset=args.dataset, seed=args.data_seed)
-    data.synthetic.length = recipe.images
+    data.synthetic.length = data.testbed.length = recipe.images
     if args.num_classes:
         data.synthetic.num_classes = args.num_classes
     try:

@@ -366,6 +366,36 @@ class TrainerConfig:
 
 
 @dataclass
+class FloorsConfig:
+    """Floors scored with the network on the same images (vice/eval/floors.py): the network
+    counts by its margin over the strongest one."""
+
+    enabled: bool = True
+    # chance, instance_random, instance_mean_colour, raw_colour, random_init, random_init_layerN
+    names: list[str] = field(
+        default_factory=lambda: [
+            "chance",
+            "instance_random",
+            "instance_mean_colour",
+            "raw_colour",
+            "random_init",
+            "random_init_layer2",
+        ]
+    )
+    dim: int = 32  # channels of the random floors (chance, instance_random)
+
+    def validate(self, prefix: str = "eval.floors") -> None:
+        from vice.eval.floors import check_floor_name  # the floors' own check (lazy: torch)
+
+        for name in self.names:
+            try:
+                check_floor_name(name)
+            except ValueError as err:
+                raise _fail(f"{prefix}.names", list(self.names), str(err)) from None
+        _check_range(f"{prefix}.dim", self.dim, 1)
+
+
+@dataclass
 class EvalConfig:
     """Unsupervised segmentation evaluation: k-means clustering and a linear probe."""
 
@@ -385,6 +415,7 @@ class EvalConfig:
     batch_size: int = 8  # images per forward pass
     figure_rows: int = 4
     seed: int = 0
+    floors: FloorsConfig = field(default_factory=FloorsConfig)
 
     def validate(self, prefix: str = "eval") -> None:
         _check_range(f"{prefix}.image_size", self.image_size, 16)
@@ -404,6 +435,7 @@ class EvalConfig:
         _check_range(f"{prefix}.linear_batch_pixels", self.linear_batch_pixels, 1)
         _check_range(f"{prefix}.batch_size", self.batch_size, 1)
         _check_range(f"{prefix}.figure_rows", self.figure_rows, 1)
+        self.floors.validate(f"{prefix}.floors")
 
 
 @dataclass

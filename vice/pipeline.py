@@ -57,15 +57,29 @@ def load_final_model(cfg: Config, run_dir: str | Path, device: torch.device) -> 
     return network.to(device).eval()
 
 
+def untrained_network(cfg: Config) -> torch.nn.Module:
+    """The evaluated architecture as pretraining starts it (`method.export()` right after
+    `torch.manual_seed(trainer.seed)`), for the `random_init` floors; the caller's RNG state
+    is left as it was."""
+    from vice.methods import build_method
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.trainer.seed)
+        return build_method(cfg).export().eval()
+
+
 def evaluate_run(
     cfg: Config,
     run_dir: str | Path,
     tracker: Tracker | None = None,
     model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Evaluates the run's network on the eval split; logs into the run's MLflow run."""
+    """Evaluates the run's network and the floors (`eval.floors`) on the eval split; logs
+    every number as `eval.<key>` into the run's MLflow run, and the strongest floor of each
+    margin as the tag `eval.margin.<key>.floor`."""
     from vice.data.datasets import build_source
     from vice.eval.evaluate import evaluate
+    from vice.eval.floors import build_floors
 
     run = RunDir(run_dir)
     device = torch.device(
@@ -77,6 +91,19 @@ def evaluate_run(
     train_source = None
     if cfg.eval.linear:
         train_source = build_source(cfg.data, split=cfg.eval.linear_train_split, labels=True)
+    floors, floors_skipped = [], {}
+    if cfg.eval.floors.enabled:
+        needs_network = any(n.startswith("random_init") for n in cfg.eval.floors.names)
+        floors, floors_skipped = build_floors(
+            cfg.eval.floors.names,
+            cfg.data.views.mean,
+            cfg.data.views.std,
+            random_network=untrained_network(cfg) if needs_network else None,
+            dim=cfg.eval.floors.dim,
+            batch_size=cfg.eval.batch_size,
+            device=device,
+            amp=cfg.trainer.amp,
+        )
     metrics = evaluate(
         model,
         eval_source,
@@ -87,9 +114,22 @@ def evaluate_run(
         device,
         run.eval_dir,
         amp=cfg.trainer.amp,
+        floors=floors,
+        floors_skipped=list(floors_skipped),
     )
-    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    numeric = {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     tracker.log_metrics({f"eval.{k}": v for k, v in numeric.items()}, step=0)
+    floor_tags = {
+        f"eval.{k}": v
+        for k, v in metrics.items()
+        if k.startswith("margin.") and k.endswith(".floor")
+    }
+    if floor_tags:
+        tracker.set_tags(floor_tags)
     for path in (run.metrics, *run.eval_figures):
         if path.is_file():
             tracker.log_artifact(path, "eval")
@@ -97,11 +137,21 @@ def evaluate_run(
 
 
 def render_views(cfg: Config, run_dir: str | Path) -> list[Path]:
-    """Views figures of `figure.indices` (what the network is trained on) into the run dir."""
+    """Views figures of `figure.indices` (what the network is trained on) into the run dir.
+
+    The figure draws ViCE's sample builder (views, superpixels, masks); a method trained on
+    another builder gets none (an empty list) rather than a picture of data it never saw.
+    """
     from vice.data.datasets import build_source
     from vice.data.pretrain import ViceDataset
+    from vice.methods import METHODS
     from vice.viz.views_figure import render_views_figure
 
+    if METHODS[cfg.method.name].sample_builder != "vice_views":
+        log.info(
+            "no views figure for method %s (its samples are not ViCE's views)", cfg.method.name
+        )
+        return []
     source = build_source(cfg.data)
     dataset = ViceDataset(source, cfg.data, keep_debug=True)
     written = []

@@ -59,7 +59,9 @@ def test_end_to_end_on_synthetic_data(tmp_path, stand_in_model):
 
     summary = format_summary(metrics)
     assert "clustering C=8 (Hungarian)" in summary and "clustering C=16 (majority)" in summary
-    assert summary.splitlines()[-1].startswith("linear")
+    lines = summary.splitlines()
+    assert lines[3].startswith("linear")  # the table's last row; then the region metrics
+    assert lines[4].startswith("regions: NN same class") and len(lines) == 5
 
 
 def test_no_train_split_means_no_probe_and_same_clustering(tmp_path, stand_in_model):
@@ -107,3 +109,108 @@ def test_needs_a_model_or_a_feature_function(tmp_path):
     val = SyntheticSource(split="val", length=2, size=64)
     with pytest.raises(ValueError, match="model or a features_fn"):
         evaluate(None, val, None, _cfg(), MEAN, STD, "cpu", tmp_path)
+
+
+class _NoInstances(SyntheticSource):
+    """The synthetic scenes as a source without instance maps (like coco or folder)."""
+
+    @property
+    def has_instances(self) -> bool:
+        return False
+
+
+def _floors(model):
+    from vice.eval.floors import build_floors
+
+    names = ["chance", "instance_random", "instance_mean_colour", "raw_colour", "random_init"]
+    floors, skipped = build_floors(names, MEAN, STD, random_network=model, dim=8)
+    assert not skipped
+    return floors
+
+
+def test_floors_are_scored_on_the_same_images_with_margins(tmp_path, stand_in_model):
+    from tests.eval.conftest import RandomConvEmbed
+
+    val = SyntheticSource(split="val", length=6, size=64)
+    train = SyntheticSource(split="train", length=4, size=64)
+    cfg = _cfg(cluster_counts=[8, 16], linear_iters=50, linear_train_images=4)
+    floors = _floors(RandomConvEmbed(seed=1))
+    metrics = evaluate(
+        stand_in_model,
+        val,
+        train,
+        cfg,
+        MEAN,
+        STD,
+        "cpu",
+        tmp_path,
+        floors=floors,
+        floors_skipped=["random_init_layer2"],
+    )
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    names = [f.name for f in floors]
+    assert metrics["floors.names"] == names
+    assert metrics["floors.skipped"] == ["random_init_layer2"]
+    for prefix in ("", *(f"floors.{n}." for n in names)):
+        for key in ("clustering.8.miou", "clustering.16.acc", "linear.miou"):
+            assert 0.0 <= metrics[prefix + key] <= 1.0, prefix + key
+        for key in ("region.nn_same_class", "region.probe_acc"):
+            assert 0.0 <= metrics[prefix + key] <= 1.0, prefix + key
+        assert metrics[prefix + "region.nn_chance"] == metrics["region.nn_chance"]
+    assert "floors.chance.clustering.8.iou_per_class" not in metrics  # lists: network only
+    for key in (
+        "clustering.8.miou",
+        "clustering.16.miou",
+        "linear.miou",
+        "region.nn_same_class",
+        "region.probe_acc",
+    ):
+        floor = metrics[f"margin.{key}.floor"]
+        best = max(metrics[f"floors.{n}.{key}"] for n in names)
+        assert metrics[f"floors.{floor}.{key}"] == best
+        assert metrics[f"margin.{key}"] == pytest.approx(metrics[key] - best)
+    # With C = #classes the instance floors group perfectly within each instance.
+    assert (
+        metrics["floors.instance_random.clustering.16.acc"]
+        > metrics["floors.chance.clustering.16.acc"]
+    )
+
+    summary = format_summary(metrics)
+    floor = metrics["margin.clustering.8.miou.floor"]
+    assert f"margin: clustering C=8 mIoU {100 * metrics['clustering.8.miou']:.2f} %" in summary
+    assert f"points over {floor}" in summary
+    assert summary.splitlines()[-1].startswith("regions: NN same class")
+
+    again = evaluate(
+        stand_in_model,
+        val,
+        train,
+        cfg,
+        MEAN,
+        STD,
+        "cpu",
+        tmp_path / "b",
+        floors=floors,
+        floors_skipped=["random_init_layer2"],
+    )
+    for key, value in again.items():
+        assert key.endswith("seconds") or value == metrics[key], key  # seeded floors
+
+
+def test_without_instance_maps_the_instance_floors_and_region_metrics_are_skipped(
+    tmp_path, stand_in_model
+):
+    val = _NoInstances(split="val", length=4, size=64)
+    cfg = _cfg(cluster_counts=[8], linear=False)
+    metrics = evaluate(
+        stand_in_model, val, None, cfg, MEAN, STD, "cpu", tmp_path, floors=_floors(stand_in_model)
+    )
+    assert metrics["floors.names"] == ["chance", "raw_colour", "random_init"]
+    assert metrics["floors.skipped"] == ["instance_random", "instance_mean_colour"]
+    assert metrics["region.skipped"] == "_NoInstances has no instance maps"
+    assert not any(k.startswith(("region.nn", "floors.instance")) for k in metrics)
+    assert not any("region" in k for k in metrics if k.startswith("margin."))
+    # the random_init floor is the stand-in itself: same code, same images, same score
+    assert metrics["floors.random_init.clustering.8.miou"] == metrics["clustering.8.miou"]
+    assert metrics["margin.clustering.8.miou"] <= 0.0
+    assert "regions:" not in format_summary(metrics)

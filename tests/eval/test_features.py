@@ -4,7 +4,12 @@ import torch
 from torch import nn
 
 from vice.data.datasets.base import ImageSource
-from vice.eval.features import extract_features, load_eval_set, pixels_PD
+from vice.eval.features import (
+    extract_features,
+    load_eval_set,
+    load_eval_set_with_instances,
+    pixels_PD,
+)
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -57,6 +62,41 @@ def test_load_eval_set_resizes_labels_with_nearest():
     images, labels = load_eval_set(_ArraySource([img, img], [lab, lab], 3), 20, max_images=1)
     assert images.shape == (1, 20, 20, 3)
     np.testing.assert_array_equal(labels[0], small[:, 10:30])
+
+
+class _InstanceSource(_ArraySource):
+    def __init__(self, images, labels, instances, num_classes=5):
+        super().__init__(images, labels, num_classes)
+        self.instances = instances
+
+    @property
+    def has_instances(self):
+        return True
+
+    def load_instances(self, index):
+        return self.instances[index]
+
+
+def test_instance_maps_are_resized_and_cropped_like_the_labels():
+    rng = np.random.default_rng(2)
+    small = rng.integers(0, 30_000, size=(20, 40))  # cityscapes-like ids (class * 1000 + k)
+    inst = np.repeat(np.repeat(small, 2, 0), 2, 1)
+    lab = inst % 7
+    img = rng.integers(0, 256, (40, 80, 3), dtype=np.uint8)
+    source = _InstanceSource([img, img], [lab, lab], [inst, inst], 7)
+    images, labels, instances = load_eval_set_with_instances(source, 20)
+    want_images, want_labels = load_eval_set(source, 20)
+    np.testing.assert_array_equal(images, want_images)
+    np.testing.assert_array_equal(labels, want_labels)
+    assert instances.shape == (2, 20, 20) and instances.dtype == np.int64
+    np.testing.assert_array_equal(instances[1], small[:, 10:30])
+    np.testing.assert_array_equal(instances % 7, labels)  # the same pixels as the labels
+
+    no_instances = _ArraySource([img], [lab], 7)
+    assert load_eval_set_with_instances(no_instances, 20)[2] is None
+    source.instances = [inst[:-1], inst]
+    with pytest.raises(ValueError, match=r"image 0: instance map \(39, 80\) and label map"):
+        load_eval_set_with_instances(source, 20)
 
 
 def test_load_eval_set_needs_labels():

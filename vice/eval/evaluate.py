@@ -5,6 +5,10 @@ C in `eval.cluster_counts`; clusters are mapped to classes on the eval pixels (H
 C <= #classes, majority vote when over-clustering); mIoU and pixel accuracy.
 (b) Linear probe: a 1x1 conv trained on frozen features of labelled train images, scored on
 the eval images.
+(c) Region metrics (`vice.eval.regions`), where the eval split has instance maps: whether
+ground-truth regions of one class look alike across images (`region.*`).
+(d) Floors (`vice.eval.floors`): reference feature maps scored by (a)-(c) on the same images,
+as `floors.<name>.<metric>`; `margin.<metric>` is the network minus the strongest floor.
 
 Outputs in `out_dir`: `metrics.json` (flat keys, fractions in [0, 1], written atomically) and
 `segmentations.png`. `evaluate` runs a model; `evaluate_features` takes ready features, so
@@ -19,7 +23,8 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -28,12 +33,16 @@ import torch
 
 from vice.config import EvalConfig
 from vice.data.datasets.base import ImageSource
-from vice.eval.features import extract_features, load_eval_set, pixels_PD
+from vice.eval.features import extract_features, load_eval_set_with_instances, pixels_PD
 from vice.eval.figures import segmentation_figure, write_per_class_iou_figure
+from vice.eval.floors import Floor, margins
 from vice.eval.kmeans import kmeans
 from vice.eval.linear import predict_linear, train_linear_probe
 from vice.eval.matching import confusion, map_clusters
 from vice.eval.metrics import segmentation_metrics
+from vice.eval.regions import region_metrics
+from vice.eval.summary import figure_count, mapping_name
+from vice.eval.summary import format_summary as format_summary  # re-exported
 from vice.run_dir import EvalDir
 
 log = logging.getLogger(__name__)
@@ -78,57 +87,18 @@ def _put(metrics: dict, prefix: str, result: dict) -> None:
         metrics[f"{prefix}.{key}"] = _json_safe(value)
 
 
-def _mapping_name(c: int, num_classes: int) -> str:
-    return "majority" if c > num_classes else "Hungarian"
-
-
-def _figure_count(counts: list[int], num_classes: int) -> int | None:
-    """The C drawn: the smallest C >= #classes (the Hungarian one when present), else the
-    largest C."""
-    if not counts:
-        return None
-    at_least = [c for c in counts if c >= num_classes]
-    return min(at_least) if at_least else max(counts)
-
-
-def evaluate_features(
+def _score(
     feats_eval_NDSS: torch.Tensor,
     labels_eval_NSS: np.ndarray,
-    images_eval_NSS3: np.ndarray,
     num_classes: int,
     cfg: EvalConfig,
     device: str | torch.device,
-    out_dir: str | Path,
     feats_train_NDSS: torch.Tensor | None = None,
     labels_train_NSS: np.ndarray | None = None,
-    class_names: tuple[str, ...] | list[str] = (),
-) -> dict:
-    """Clustering and linear-probe metrics of given features; writes the metrics and figure.
-
-    Args:
-        feats_eval_NDSS: Features of the eval images (float32, CPU; channels-last is cheaper).
-        labels_eval_NSS: Eval ground truth (class ids or IGNORE_INDEX).
-        images_eval_NSS3: The eval images, for the figure.
-        num_classes: K.
-        cfg: Cluster counts, k-means and probe settings, figure rows, seed.
-        device: Where k-means and the probe run.
-        out_dir: Folder for metrics.json and segmentations.png (created if missing).
-        feats_train_NDSS, labels_train_NSS: Probe training data; None skips the probe.
-        class_names: For metrics.json and the figure legend.
-
-    Returns:
-        The metrics, as written to metrics.json (per-class values of classes absent from the
-        ground truth are None).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n, _, s, _ = feats_eval_NDSS.shape
-    metrics: dict = {
-        "num_images": int(n),
-        "num_classes": int(num_classes),
-        "class_names": list(class_names),
-        "image_size": int(s),
-    }
+    instances_eval_NSS: np.ndarray | None = None,
+    name: str = "network",
+) -> tuple[dict, int | None, np.ndarray | None, np.ndarray | None]:
+    """The metrics of features (no files); also the figure's C and the two predictions."""
     x_PD = pixels_PD(feats_eval_NDSS)
     num_pixels = x_PD.shape[0]
     counts = []
@@ -136,12 +106,13 @@ def evaluate_features(
         if c > num_pixels:
             warnings.warn(
                 f"eval.cluster_counts: C={c} skipped, the eval set has only {num_pixels} pixels",
-                stacklevel=2,
+                stacklevel=3,
             )
             continue
         counts.append(int(c))
-    figure_c = _figure_count(counts, num_classes)
+    figure_c = figure_count(counts, num_classes)
 
+    metrics: dict = {}
     figure_pred = None
     for c in counts:
         t0 = time.perf_counter()
@@ -163,7 +134,8 @@ def evaluate_features(
         if c == figure_c:
             figure_pred = pred_NSS
         log.info(
-            "k-means C=%d: mIoU %.2f%%, acc %.2f%% (%.1f s)",
+            "%s k-means C=%d: mIoU %.2f%%, acc %.2f%% (%.1f s)",
+            name,
             c,
             100 * metrics[f"clustering.{c}.miou"],
             100 * metrics[f"clustering.{c}.acc"],
@@ -187,16 +159,45 @@ def evaluate_features(
         _put(metrics, "linear", segmentation_metrics(linear_pred, labels_eval_NSS, num_classes))
         metrics["linear.train_images"] = int(feats_train_NDSS.shape[0])
         log.info(
-            "linear probe: mIoU %.2f%%, acc %.2f%% (%.1f s)",
+            "%s linear probe: mIoU %.2f%%, acc %.2f%% (%.1f s)",
+            name,
             100 * metrics["linear.miou"],
             100 * metrics["linear.acc"],
             time.perf_counter() - t0,
         )
 
+    if instances_eval_NSS is not None:
+        t0 = time.perf_counter()
+        region = region_metrics(feats_eval_NDSS, instances_eval_NSS, labels_eval_NSS, num_classes)
+        _put(metrics, "region", region)
+        log.info(
+            "%s regions: NN same class %.2f%% (chance %.2f%%), probe %.2f%% (%.1f s)",
+            name,
+            100 * region["nn_same_class"],
+            100 * region["nn_chance"],
+            100 * region["probe_acc"],
+            time.perf_counter() - t0,
+        )
+    return metrics, figure_c, figure_pred, linear_pred
+
+
+def _write(
+    out_dir: Path,
+    metrics: dict,
+    images_eval_NSS3: np.ndarray,
+    labels_eval_NSS: np.ndarray,
+    figure_c: int | None,
+    figure_pred: np.ndarray | None,
+    linear_pred: np.ndarray | None,
+    cfg: EvalConfig,
+) -> None:
+    """metrics.json and the figures, into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(EvalDir(out_dir).metrics, metrics)
     write_per_class_iou_figure(out_dir, metrics)
     if figure_pred is not None:
-        mapping = _mapping_name(figure_c, num_classes)
+        num_classes = metrics["num_classes"]
+        mapping = mapping_name(figure_c, num_classes)
         fig = segmentation_figure(
             images_eval_NSS3,
             labels_eval_NSS,
@@ -204,11 +205,141 @@ def evaluate_features(
             linear_pred,
             num_classes,
             rows=cfg.figure_rows,
-            class_names=class_names,
+            class_names=metrics["class_names"],
             cluster_title=f"k-means C={figure_c} ({mapping})",
         )
         _atomic_write(EvalDir(out_dir).segmentations, lambda tmp: fig.save(tmp, format="PNG"))
+
+
+def _header(n: int, num_classes: int, size: int, class_names) -> dict:
+    return {
+        "num_images": int(n),
+        "num_classes": int(num_classes),
+        "class_names": list(class_names),
+        "image_size": int(size),
+    }
+
+
+def evaluate_features(
+    feats_eval_NDSS: torch.Tensor,
+    labels_eval_NSS: np.ndarray,
+    images_eval_NSS3: np.ndarray,
+    num_classes: int,
+    cfg: EvalConfig,
+    device: str | torch.device,
+    out_dir: str | Path | None,
+    feats_train_NDSS: torch.Tensor | None = None,
+    labels_train_NSS: np.ndarray | None = None,
+    class_names: tuple[str, ...] | list[str] = (),
+    instances_eval_NSS: np.ndarray | None = None,
+) -> dict:
+    """Clustering, linear-probe and region metrics of given features; writes them and the
+    figures.
+
+    Args:
+        feats_eval_NDSS: Features of the eval images (float32, CPU; channels-last is cheaper).
+        labels_eval_NSS: Eval ground truth (class ids or IGNORE_INDEX).
+        images_eval_NSS3: The eval images, for the figure.
+        num_classes: K.
+        cfg: Cluster counts, k-means and probe settings, figure rows, seed.
+        device: Where k-means and the probe run.
+        out_dir: Folder for metrics.json and the figures (created if missing); None writes
+            nothing.
+        feats_train_NDSS, labels_train_NSS: Probe training data; None skips the probe.
+        class_names: For metrics.json and the figure legend.
+        instances_eval_NSS: Ground-truth instance ids of the eval pixels; with them the
+            region metrics (`vice.eval.regions`) are added as `region.*`.
+
+    Returns:
+        The metrics, as written to metrics.json (per-class values of classes absent from the
+        ground truth are None).
+    """
+    n, _, s, _ = feats_eval_NDSS.shape
+    metrics = _header(n, num_classes, s, class_names)
+    scored, figure_c, figure_pred, linear_pred = _score(
+        feats_eval_NDSS,
+        labels_eval_NSS,
+        num_classes,
+        cfg,
+        device,
+        feats_train_NDSS,
+        labels_train_NSS,
+        instances_eval_NSS,
+    )
+    metrics.update(scored)
+    if out_dir is not None:
+        _write(
+            Path(out_dir),
+            metrics,
+            images_eval_NSS3,
+            labels_eval_NSS,
+            figure_c,
+            figure_pred,
+            linear_pred,
+            cfg,
+        )
     return metrics
+
+
+@dataclass(frozen=True)
+class _EvalSplit:
+    """Loaded images of one split, with their labels and (where present) instance maps."""
+
+    images_NSS3: np.ndarray
+    labels_NSS: np.ndarray
+    instances_NSS: np.ndarray | None
+
+
+def _score_floors(
+    floors: Sequence[Floor],
+    eval_split: _EvalSplit,
+    train_split: _EvalSplit | None,
+    num_classes: int,
+    cfg: EvalConfig,
+    device: str | torch.device,
+) -> dict:
+    """`floors.<name>.<metric>` of every floor (scalars only), `floors.names`,
+    `floors.skipped` and the seconds they took."""
+    out: dict = {}
+    names, skipped = [], []
+    t_all = time.perf_counter()
+    for floor in floors:
+        if floor.needs_instances and eval_split.instances_NSS is None:
+            log.info("floor %s skipped: the eval split has no instance maps", floor.name)
+            skipped.append(floor.name)
+            continue
+        t0 = time.perf_counter()
+        feats_eval = floor.features(eval_split.images_NSS3, eval_split.instances_NSS, cfg.seed)
+        feats_train = labels_train = None
+        if train_split is not None:
+            if floor.needs_instances and train_split.instances_NSS is None:
+                log.info("floor %s: no probe, the train split has no instance maps", floor.name)
+            else:
+                feats_train = floor.features(
+                    train_split.images_NSS3, train_split.instances_NSS, cfg.seed + 1
+                )
+                labels_train = train_split.labels_NSS
+        scored, *_ = _score(
+            feats_eval,
+            eval_split.labels_NSS,
+            num_classes,
+            cfg,
+            device,
+            feats_train,
+            labels_train,
+            eval_split.instances_NSS,
+            name=f"floor {floor.name}",
+        )
+        del feats_eval, feats_train
+        for key, value in scored.items():
+            if not isinstance(value, list):  # per-class lists: the network's only
+                out[f"floors.{floor.name}.{key}"] = value
+        out[f"floors.{floor.name}.seconds"] = time.perf_counter() - t0
+        names.append(floor.name)
+    out["floors.names"] = names
+    out["floors.skipped"] = skipped
+    out["floors.seconds"] = time.perf_counter() - t_all
+    return out
 
 
 def evaluate(
@@ -222,14 +353,18 @@ def evaluate(
     out_dir: str | Path,
     amp: bool = True,
     features_fn: FeaturesFn | None = None,
+    floors: Sequence[Floor] = (),
+    floors_skipped: Sequence[str] = (),
 ) -> dict:
-    """Evaluates a frozen model (or any feature function) on a labelled eval split.
+    """Evaluates a frozen model (or any feature function) on a labelled eval split, and the
+    floors on the same images.
 
     Args:
         model: `model(x_BCHW) -> z_BDHW`, L2-normalised embeddings at input resolution. It is
             moved to `device` and run in eval mode (its train/eval mode is restored after).
             May be None when `features_fn` is given.
-        source_eval: Labelled eval split; the first `cfg.max_images` images (0: all).
+        source_eval: Labelled eval split; the first `cfg.max_images` images (0: all). Where it
+            has instance maps, the region metrics are computed too (else `region.skipped`).
         source_train: Labelled split for the linear probe (its first
             `cfg.linear_train_images` images); None, or `cfg.linear` false, skips the probe.
         cfg: The eval settings.
@@ -239,6 +374,10 @@ def evaluate(
         amp: bf16 autocast for the model on CUDA.
         features_fn: Replaces the model: images (N, S, S, 3) uint8 -> (N, D, S, S) features
             (e.g. `baselines.raw_colour_features`).
+        floors: Scored like the model on the same images (`vice.eval.floors.build_floors`);
+            the metrics then hold `floors.<name>.<metric>` and `margin.<metric>` (see
+            `vice.eval.floors.margins`).
+        floors_skipped: Floors the caller could not build, listed in `floors.skipped`.
 
     Returns:
         The metrics dict written to `out_dir/metrics.json`.
@@ -259,57 +398,58 @@ def evaluate(
     if num_classes is None:
         raise ValueError(f"{type(source_eval).__name__} has no labels: it cannot be evaluated")
     t0 = time.perf_counter()
-    images_eval, labels_eval = load_eval_set(source_eval, cfg.image_size, cfg.max_images)
-    feats_eval = features_fn(images_eval)
-    feats_train = labels_train = None
+    eval_split = _EvalSplit(
+        *load_eval_set_with_instances(source_eval, cfg.image_size, cfg.max_images)
+    )
+    feats_eval = features_fn(eval_split.images_NSS3)
+    feats_train = train_split = None
     if cfg.linear and source_train is not None:
         if source_train.num_classes != num_classes:
             raise ValueError(
                 f"linear probe: the train split has {source_train.num_classes} classes, "
                 f"the eval split {num_classes}"
             )
-        images_train, labels_train = load_eval_set(
-            source_train, cfg.image_size, cfg.linear_train_images
+        train_split = _EvalSplit(
+            *load_eval_set_with_instances(source_train, cfg.image_size, cfg.linear_train_images)
         )
-        feats_train = features_fn(images_train)
+        feats_train = features_fn(train_split.images_NSS3)
     elif cfg.linear:
         log.info("linear probe skipped: no labelled train split given")
-    log.info("eval features of %d images in %.1f s", len(images_eval), time.perf_counter() - t0)
-    return evaluate_features(
+    log.info(
+        "eval features of %d images in %.1f s",
+        len(eval_split.images_NSS3),
+        time.perf_counter() - t0,
+    )
+    metrics = _header(
+        len(eval_split.images_NSS3), num_classes, cfg.image_size, source_eval.class_names
+    )
+    scored, figure_c, figure_pred, linear_pred = _score(
         feats_eval,
-        labels_eval,
-        images_eval,
+        eval_split.labels_NSS,
         num_classes,
         cfg,
         device,
-        out_dir,
-        feats_train_NDSS=feats_train,
-        labels_train_NSS=labels_train,
-        class_names=source_eval.class_names,
+        feats_train,
+        None if train_split is None else train_split.labels_NSS,
+        eval_split.instances_NSS,
     )
-
-
-def format_summary(metrics: dict) -> str:
-    """A plain-text table: one row per cluster count and one for the probe, in percent."""
-    rows = []
-    counts = sorted(
-        {
-            int(k.split(".")[1])
-            for k in metrics
-            if k.startswith("clustering.") and k.endswith(".miou")
-        }
+    metrics.update(scored)
+    del feats_eval, feats_train  # the floors' features take their place
+    if eval_split.instances_NSS is None:
+        metrics["region.skipped"] = f"{type(source_eval).__name__} has no instance maps"
+    if floors or floors_skipped:
+        metrics.update(_score_floors(floors, eval_split, train_split, num_classes, cfg, device))
+        metrics["floors.skipped"] = [*floors_skipped, *metrics["floors.skipped"]]
+        metrics.update(margins(metrics, metrics["floors.names"]))
+    metrics = {k: _json_safe(v) for k, v in metrics.items()}
+    _write(
+        Path(out_dir),
+        metrics,
+        eval_split.images_NSS3,
+        eval_split.labels_NSS,
+        figure_c,
+        figure_pred,
+        linear_pred,
+        cfg,
     )
-    for c in counts:
-        rows.append(
-            (
-                f"clustering C={c} ({_mapping_name(c, metrics['num_classes'])})",
-                metrics[f"clustering.{c}.miou"],
-                metrics[f"clustering.{c}.acc"],
-            )
-        )
-    if "linear.miou" in metrics:
-        rows.append(("linear", metrics["linear.miou"], metrics["linear.acc"]))
-    width = max([len("method"), *(len(r[0]) for r in rows)])
-    lines = [f"{'method':<{width}}  {'mIoU %':>7}  {'acc %':>7}"]
-    lines += [f"{name:<{width}}  {100 * miou:7.2f}  {100 * acc:7.2f}" for name, miou, acc in rows]
-    return "\n".join(lines)
+    return metrics

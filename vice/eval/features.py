@@ -17,20 +17,33 @@ from vice.data.augment import normalise
 from vice.data.datasets.base import ImageSource
 
 
-def _resize_short_side(
-    img_HW3: np.ndarray, label_HW: np.ndarray, size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    h, w = label_HW.shape
+def _short_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """(new_h, new_w) with the short side `size`."""
     scale = size / min(h, w)
     # max(size, .) keeps the short side exactly `size` despite rounding of the long side.
     new_h = size if h <= w else max(size, round(h * scale))
     new_w = size if w < h else max(size, round(w * scale))
+    return new_h, new_w
+
+
+def _resize_ids(ids_HW: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """Nearest-neighbour resize of an id map (labels, instance ids)."""
+    if ids_HW.shape == (new_h, new_w):
+        return ids_HW.astype(np.int64, copy=False)
+    # Mode "I" (int32) holds every label id, IGNORE_INDEX included; NEAREST never invents ids.
+    ids = Image.fromarray(ids_HW.astype(np.int32)).resize((new_w, new_h), Image.NEAREST)
+    return np.asarray(ids).astype(np.int64)
+
+
+def _resize_short_side(
+    img_HW3: np.ndarray, label_HW: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    h, w = label_HW.shape
+    new_h, new_w = _short_side_shape(h, w, size)
     if (new_h, new_w) == (h, w):
         return img_HW3, label_HW
     img = np.asarray(Image.fromarray(img_HW3).resize((new_w, new_h), Image.BICUBIC))
-    # Mode "I" (int32) holds every label id, IGNORE_INDEX included; NEAREST never invents ids.
-    lab = Image.fromarray(label_HW.astype(np.int32)).resize((new_w, new_h), Image.NEAREST)
-    return img, np.asarray(lab).astype(np.int64)
+    return img, _resize_ids(label_HW, new_h, new_w)
 
 
 def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
@@ -54,6 +67,28 @@ def load_eval_set(
         images_NSS3: uint8 RGB crops.
         labels_NSS: int64 class ids in [0, num_classes) or IGNORE_INDEX.
     """
+    images_NSS3, labels_NSS, _ = _load(source, image_size, max_images, instances=False)
+    return images_NSS3, labels_NSS
+
+
+def load_eval_set_with_instances(
+    source: ImageSource, image_size: int, max_images: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """`load_eval_set`, plus the ground-truth instance maps where the source has them.
+
+    Returns:
+        images_NSS3, labels_NSS: As `load_eval_set`.
+        instances_NSS: int64 instance ids, resized (nearest) and cropped exactly like the
+            labels; None when the source has no instance maps (`source.has_instances`).
+    """
+    return _load(source, image_size, max_images, instances=source.has_instances)
+
+
+def _load(
+    source: ImageSource, image_size: int, max_images: int, instances: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    # One pass over the images: a procedural source generates image, label and instances of
+    # an index together and keeps only the last index.
     if not source.has_labels:
         raise ValueError(
             f"{type(source).__name__} has no labels: evaluation needs a labelled split"
@@ -65,11 +100,22 @@ def load_eval_set(
         raise ValueError(f"{type(source).__name__} holds no images to evaluate on")
     images_NSS3 = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     labels_NSS = np.empty((n, image_size, image_size), dtype=np.int64)
+    instances_NSS = np.empty((n, image_size, image_size), dtype=np.int64) if instances else None
     for i in range(n):
-        img, lab = _resize_short_side(source.load_image(i), source.load_label(i), image_size)
+        img, label = source.load_image(i), source.load_label(i)
+        img, lab = _resize_short_side(img, label, image_size)
         images_NSS3[i] = _center_crop(img, image_size)
         labels_NSS[i] = _center_crop(lab, image_size)
-    return images_NSS3, labels_NSS
+        if instances_NSS is not None:
+            ids = source.load_instances(i)
+            if ids.shape != label.shape:
+                raise ValueError(
+                    f"{type(source).__name__} image {i}: instance map {ids.shape} and label "
+                    f"map {label.shape} differ in size"
+                )
+            ids = _resize_ids(ids, *_short_side_shape(*label.shape, image_size))
+            instances_NSS[i] = _center_crop(ids, image_size)
+    return images_NSS3, labels_NSS, instances_NSS
 
 
 @torch.no_grad()

@@ -1,0 +1,235 @@
+"""Methods and their ablations against floors, over seeds, on the semantic testbed.
+
+Every variant is pretrained from scratch with the local recipe (conf/experiment/local.yaml:
+150 steps, 8 images x 3 views of 64 px) on `data=testbed` (docs/testbed.md: 12 texture x hue
+classes; designed and measured before any method was trained on it), then evaluated by the
+eval job's own code (`vice.pipeline.evaluate_run`) on the same 256 val images: k-means at C =
+12 (Hungarian) and over-clustering, the region metrics (nearest region of another image has
+the same class; a linear probe on per-instance embeddings), and every floor (chance,
+instance-random, instance-mean colour, raw colour, the random-init network and its layer2),
+scored on the same images by the same code. A result counts as its margin over the strongest
+floor. The upper bound is the same network trained with labels for the same budget.
+
+    python bench/methods.py [--seeds 0,1,2] [--variants vice,grid,no_mask,mean_pool]
+                            [--upper-bound] [--steps 150] [--out outputs/bench_methods]
+                            [KEY=VALUE ...]
+
+Variants (later methods join by name): vice, grid (SLIC -> grid cells), no_mask (regional
+masking off), mean_pool (mean instead of representative-pixel pooling), init (the network of
+`--init-weights`, no pretraining: "init only"), init_vice (ViCE from `--init-weights`).
+Prints one table (mean +- sd over seeds), the paired differences of the ablations, and how
+long each variant took. Runs are kept under --out, so a rerun only evaluates what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from vice.config import Config
+from vice.hydra_schema import register, to_config
+from vice.pipeline import evaluate_run, untrained_network
+from vice.run_dir import RunDir
+from vice.train.init_pretrain import save_trunk
+from vice.train.supervised import train_supervised
+from vice.train.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = 12  # the testbed's
+VARIANTS = {
+    "vice": [],
+    "grid": ["data.superpixels.method=grid"],
+    "no_mask": ["data.masking.enabled=false"],
+    "mean_pool": ["method.pooling=mean"],
+    "init": None,  # the init file's network, not pretrained
+    "init_vice": [],  # + model.init_weights
+}
+PAIRS = [
+    ("vice", "grid", "SLIC - grid"),
+    ("vice", "no_mask", "masking - none"),
+    ("vice", "mean_pool", "representative - mean"),
+    ("init_vice", "init", "init+ViCE - init"),
+]
+FLOORS = [
+    "chance",
+    "instance_random",
+    "instance_mean_colour",
+    "raw_colour",
+    "random_init",
+    "random_init_layer2",
+]
+COLUMNS = [
+    (f"clustering.{CLASSES}.miou", f"mIoU C={CLASSES}"),
+    (f"clustering.{4 * CLASSES}.miou", f"mIoU C={4 * CLASSES}"),
+    ("region.nn_same_class", "region NN"),
+    ("region.probe_acc", "region probe"),
+]
+
+
+def config(overrides: list[str]) -> Config:
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return to_config(compose("config", overrides))
+
+
+def base_overrides(args: argparse.Namespace, seed: int) -> list[str]:
+    return [
+        "experiment=local",
+        "data=testbed",
+        "tracking.enabled=false",
+        f"data.testbed.eval_length={args.eval_images}",
+        f"eval.max_images={args.eval_images}",
+        f"eval.cluster_counts=[{CLASSES},{4 * CLASSES}]",
+        "eval.linear=false",  # the region probe replaces the slow pixel probe here
+        f"trainer.seed={seed}",
+        *([f"trainer.max_steps={args.steps}"] if args.steps else []),
+        *args.overrides,
+    ]
+
+
+def run_variant(name: str, seed: int, args: argparse.Namespace, floors: bool) -> dict:
+    run_dir = Path(args.out) / f"seed{seed}" / name
+    metrics_path = RunDir(run_dir).metrics
+    if metrics_path.is_file():
+        return json.loads(metrics_path.read_text())
+    overrides = [*base_overrides(args, seed), f"eval.floors.enabled={str(floors).lower()}"]
+    if name.startswith("init"):
+        overrides.append(f"model.init_weights={Path(args.init_weights).resolve()}")
+    cfg = config(overrides + (VARIANTS[name] or []))
+    tic = time.monotonic()
+    if VARIANTS[name] is None:  # not pretrained: the network as pretraining would start it
+        RunDir(run_dir).path.mkdir(parents=True, exist_ok=True)
+        metrics = evaluate_run(cfg, run_dir, model=untrained_network(cfg))
+    else:
+        if not RunDir(run_dir).final_weights.is_file():
+            train(cfg, run_dir)
+        metrics = evaluate_run(cfg, run_dir)
+    metrics["bench.seconds"] = time.monotonic() - tic
+    metrics_path.write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def run_upper_bound(seed: int, args: argparse.Namespace) -> dict:
+    run_dir = Path(args.out) / f"seed{seed}" / "supervised"
+    metrics_path = RunDir(run_dir).metrics
+    if metrics_path.is_file():
+        return json.loads(metrics_path.read_text())
+    cfg = config([*base_overrides(args, seed), "eval.floors.enabled=false"])
+    tic = time.monotonic()
+    network = untrained_network(cfg).train()
+    train_supervised(cfg, network)
+    save_trunk(network, RunDir(run_dir).final_weights)  # the whole network, for a look later
+    metrics = evaluate_run(cfg, run_dir, model=network)
+    metrics["bench.seconds"] = time.monotonic() - tic
+    metrics_path.write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    pct = [100 * v for v in values]
+    if len(pct) == 1:
+        return f"{pct[0]:.2f}"
+    return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default="vice,grid,no_mask,mean_pool")
+    p.add_argument("--upper-bound", action="store_true", help="train the labelled network too")
+    p.add_argument("--init-weights", default=None, help="for init / init_vice")
+    p.add_argument("--steps", type=int, default=None, help="default: the recipe's 150")
+    p.add_argument("--eval-images", type=int, default=256)
+    p.add_argument("--out", default="outputs/bench_methods")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if any(v.startswith("init") for v in variants) and not args.init_weights:
+        p.error(
+            "init / init_vice need --init-weights (tools/make_init_weights.py --dataset testbed)"
+        )
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    results: dict[str, dict[int, dict]] = {}
+    # Variant by variant, so that an interrupted run has every seed of the first ones.
+    for name in variants:
+        for seed in seeds:
+            # The floors depend on the seed (random vectors, the random-init network), not on
+            # the variant: scored once per seed, with the first variant.
+            metrics = run_variant(name, seed, args, floors=name == variants[0])
+            results.setdefault(name, {})[seed] = metrics
+            print(f"[seed {seed}] {name}: {metrics['bench.seconds']:.0f} s", flush=True)
+    if args.upper_bound:
+        for seed in seeds:
+            results.setdefault("supervised (upper bound)", {})[seed] = run_upper_bound(seed, args)
+    first = variants[0]
+    rows: list[tuple[str, list[list[float]]]] = []
+    for floor in FLOORS:
+        rows.append(
+            (
+                f"floor: {floor}",
+                [
+                    [
+                        results[first][s][f"floors.{floor}.{key}"]
+                        for s in seeds
+                        if isinstance(results[first][s].get(f"floors.{floor}.{key}"), float)
+                    ]
+                    for key, _ in COLUMNS
+                ],
+            )
+        )
+    for name, by_seed in results.items():
+        rows.append(
+            (
+                name,
+                [[by_seed[s][key] for s in seeds if key in by_seed[s]] for key, _ in COLUMNS],
+            )
+        )
+    header = ["row", *[label for _, label in COLUMNS], "margin C=12"]
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    key = COLUMNS[0][0]
+    for name, cols in rows:
+        margin = "-"
+        if not name.startswith("floor") and name in results:
+            best = [
+                results[name][s][key]
+                - max(
+                    results[first][s][f"floors.{f}.{key}"]
+                    for f in FLOORS
+                    if isinstance(results[first][s].get(f"floors.{f}.{key}"), float)
+                )
+                for s in seeds
+            ]
+            margin = fmt(best)
+        print("| " + " | ".join([name, *[fmt(c) for c in cols], margin]) + " |")
+    print(f"\nmean ± sd over seeds {seeds}, %; margin: minus the strongest floor of that seed")
+    for a, b, label in PAIRS:
+        if a in results and b in results:
+            for col, col_label in COLUMNS[:1] + COLUMNS[2:3]:
+                diffs = [100 * (results[a][s][col] - results[b][s][col]) for s in seeds]
+                wins = sum(d > 0 for d in diffs)
+                sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+                print(
+                    f"{label} ({col_label}): {statistics.mean(diffs):+.2f} (sd {sd:.2f}), "
+                    f"{wins} of {len(diffs)} seeds; per seed {[round(d, 2) for d in diffs]}"
+                )
+
+
+if __name__ == "__main__":
+    main()
