@@ -29,7 +29,7 @@ def test_local_experiment_is_the_recipe_that_learns_at_cpu_scale():
     register()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = to_config(compose("config"))
-    # the values bench/claims.py and the README's claims table were measured with
+    # the recipe docs/vice_synthetic_history.md and bench/methods.py were measured with
     assert (cfg.model.backbone, cfg.model.decoder, cfg.method.num_prototypes) == (
         "resnet18", "fpn", 16)  # fmt: skip
     assert (cfg.optim.name, cfg.optim.lr, cfg.method.epsilon, cfg.method.queue_length) == (

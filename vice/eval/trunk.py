@@ -5,8 +5,8 @@ trunk layer.
 
 The clustering protocol of the papers runs k-means on the final embedding. Evaluating a trunk
 layer through the same path shows where in the network the learned information sits; at small
-scale (bench/claims.py) the trunk's layer2 clusters the synthetic textures better than the
-embedding built on top of it.
+scale (docs/vice_synthetic_history.md) the trunk's layer2 clusters the synthetic textures
+better than the embedding built on top of it.
 """
 
 from __future__ import annotations

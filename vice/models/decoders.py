@@ -135,7 +135,7 @@ class FPNDecoder(nn.Module):
     option, not PiCIE's). Without it the sum is dominated by whichever level has the largest
     activations; from random init those are the coarse layer3/layer4 laterals (more input
     channels), and on the synthetic scenes the embedding then clustered no better than raw
-    colour while layer2 alone did (bench/claims.py, README). Normalised, each level holds an
+    colour while layer2 alone did (docs/vice_synthetic_history.md). Normalised, each level holds an
     equal share of every pixel's embedding.
 
     Args:
