@@ -98,6 +98,69 @@ def check_local(config: Config) -> None:
         )
 
 
+# Tracking URI schemes MLflow can log to from a job (a plain path is its file store).
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking(config: Config) -> None:
+    """An unsupported tracking.uri scheme, or a local store that cannot be written."""
+    if not config.tracking.enabled:
+        return
+    uri = config.tracking.uri
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if uri.startswith("file:"):
+        scheme = "file"
+    if scheme and scheme not in TRACKING_SCHEMES:
+        raise _fail(
+            "tracking.uri",
+            uri,
+            f"unsupported scheme {scheme!r}; use one of {list(TRACKING_SCHEMES)} (e.g. "
+            "sqlite:///mlflow.db, or http://host:5000 for an mlflow server), or "
+            "tracking.enabled=false",
+        )
+    local = None  # the directory MLflow will write into, for stores on this file system
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///") :]
+        local = Path(path).absolute().parent if path and path != ":memory:" else None
+    elif scheme == "file":
+        path = uri[len("file:") :]
+        local = Path("/" + path.lstrip("/") if path.startswith("//") else path)
+    elif not scheme:
+        local = Path(uri)
+    if local is not None:
+        check_output_dir(local, "tracking.uri")
+
+
+def check_environment(config: Config, run_dir: str | Path | None = None) -> None:
+    """What the machine must offer: the device, writable output, cache and tracking stores."""
+    import torch
+
+    if config.trainer.device == "cuda" and not torch.cuda.is_available():
+        raise _fail(
+            "trainer.device",
+            "cuda",
+            "no CUDA device is visible here; use trainer.device=auto (CPU when there is none) "
+            "or run on a GPU node",
+        )
+    if run_dir is not None:
+        check_output_dir(run_dir, "hydra.run.dir")
+    cache = config.data.superpixels.cache_dir
+    if cache:
+        check_output_dir(cache, "data.superpixels.cache_dir")
+    check_tracking(config)
+
+
+def _naming(key: str, build):
+    """Runs `build()`; a data set error about the split names `key` (the data sets only know
+    they were given a split, and say data.split)."""
+    try:
+        return build()
+    except ValueError as err:
+        if key == "data.split":
+            raise
+        raise ValueError(str(err).replace("data.split=", f"{key}=")) from None
+
+
 def check_data(config: Config) -> None:
     """Opens every data source the job will use, so a wrong root fails before anything is
     written or tracked (the error names the path and the expected layout), and computes one
@@ -113,9 +176,14 @@ def check_data(config: Config) -> None:
     # e.g. data.superpixels.method=gt on a data set without instance maps
     check_regions(build_source(config.data), config.data.superpixels)
     if config.eval.enabled:
-        build_source(config.data, split=config.data.eval_split, labels=True)
+        split = config.data.eval_split
+        _naming("data.eval_split", lambda: build_source(config.data, split=split, labels=True))
         if config.eval.linear:
-            build_source(config.data, split=config.eval.linear_train_split, labels=True)
+            split = config.eval.linear_train_split
+            _naming(
+                "eval.linear_train_split",
+                lambda: build_source(config.data, split=split, labels=True),
+            )
 
 
 def check_output_dir(path: str | Path, key: str = "hydra.sweep.dir") -> None:

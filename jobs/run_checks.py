@@ -14,13 +14,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 
-def validate_local(node: DictConfig) -> Any:
+def validate_local(node: DictConfig, run_dir: str | None = None) -> Any:
     """The typed config of a local run, or ValueError naming the key, the value and the fix."""
-    from jobs.preflight import check_data, check_local
+    from jobs.preflight import check_data, check_environment, check_local
     from vice.hydra_schema import to_config
 
     config = to_config(node)
     check_local(config)
+    check_environment(config, run_dir)
     check_data(config)
     return config
 
@@ -31,7 +32,7 @@ class RunChecks(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         try:
-            validate_local(task)
+            validate_local(task, str(config.hydra.run.dir))
         except ValueError as err:
             print(f"config error: {err}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -219,3 +219,54 @@ def test_check_superpixels_error_names_key_and_fixes(monkeypatch):
     assert text.endswith("or use data.superpixels.method=grid (the ablation, not ViCE)")
     # The grid needs no fast-slic: no probe, no error.
     check_superpixels(cfg(data={"superpixels": {"method": "grid"}}))
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            {"tracking": {"uri": "s3://bucket/mlruns"}},
+            "invalid config value tracking.uri='s3://bucket/mlruns': unsupported scheme 's3'",
+        ),
+        (
+            {"tracking": {"uri": "sqlite:////proc/nope/mlflow.db"}},
+            "invalid config value tracking.uri='/proc/nope'",
+        ),
+        (
+            {"data": {"superpixels": {"cache_dir": "/proc/nope"}}},
+            "invalid config value data.superpixels.cache_dir='/proc/nope'",
+        ),
+    ],
+)
+def test_environment_problems_name_the_key(sections, message):
+    from jobs.preflight import check_environment
+
+    with pytest.raises(ValueError) as err:
+        check_environment(cfg(**sections))
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_cuda_without_a_gpu_is_refused(monkeypatch):
+    import torch
+
+    from jobs.preflight import check_environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"trainer\.device='cuda': no CUDA device is visible"):
+        check_environment(cfg(trainer={"device": "cuda"}))
+
+
+def test_an_unwritable_run_dir_is_named(tmp_path):
+    from jobs.preflight import check_environment
+
+    check_environment(cfg(), tmp_path / "new" / "run")  # creatable: fine, and not created
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ValueError, match=r"hydra\.run\.dir='/proc/nope/run'"):
+        check_environment(cfg(), "/proc/nope/run")
+
+
+def test_eval_split_errors_name_the_eval_keys():
+    with pytest.raises(ValueError, match=r"data\.eval_split='test': the synthetic data set has"):
+        check_data(cfg(data={"eval_split": "test"}))
+    with pytest.raises(ValueError, match=r"eval\.linear_train_split='test': the synthetic"):
+        check_data(cfg(eval={"linear_train_split": "test"}))

@@ -129,7 +129,7 @@ class ViceSlurmLauncher(SlurmLauncher):
 
     def _compose(self, job_overrides: Sequence[Sequence[str]], first: int) -> list[_Point]:
         """Every point's typed config and run dir; exits listing all errors if any fails."""
-        from jobs.preflight import check_cluster, check_data, read_sinfo
+        from jobs.preflight import check_cluster, check_data, check_tracking, read_sinfo
         from vice.hydra_schema import to_config
 
         assert self.config is not None and self.hydra_context is not None
@@ -163,6 +163,7 @@ class ViceSlurmLauncher(SlurmLauncher):
                 where = f"#{num} ({label})" if len(job_overrides) > 1 else ""
                 try:
                     cfg = to_config(task_cfg)
+                    check_tracking(cfg)
                     check_data(cfg)
                 except ValueError as err:
                     errors.append(f"config error{' in ' + where if where else ''}: {err}")
