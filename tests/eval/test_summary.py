@@ -20,3 +20,8 @@ def test_summary_states_the_margin_over_the_strongest_floor():
     }
     text = format_summary(metrics)
     assert "raw_colour" in text and "+5.00 points" in text
+
+
+def test_an_empty_evaluation_has_no_headline():
+    assert headline_key({}) is None
+    format_summary({})  # no KeyError: what a stage prints when eval.enabled=false

@@ -26,6 +26,8 @@ def headline_key(metrics: dict) -> str | None:
             if k.startswith("clustering.") and k.endswith(".miou")
         }
     )
+    if not counts or "num_classes" not in metrics:  # e.g. an evaluation that did not run
+        return None
     c = figure_count(counts, metrics["num_classes"])
     return None if c is None else f"clustering.{c}.miou"
 
