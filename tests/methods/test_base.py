@@ -5,20 +5,18 @@ loop, stops and resumes bit-exactly with its teacher, is evaluated through `expo
 runs as 2 gloo ranks equal to 1 process.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from vice.config import EvalConfig, MaskConfig
-from vice.pipeline import evaluate_run, load_final_model, write_config
+from vice.pipeline import evaluate_run, load_final_model
 from vice.run_dir import RunDir
 from vice.train.checkpoint import CheckpointManager
 from vice.train.trainer import train
 
+from ..train.test_ddp import run_torchrun
 from ..train.test_trainer import tiny_config
 from .twin import TwinConfig, register, unregister
 
@@ -98,27 +96,8 @@ def test_trains_resumes_bit_exactly_with_its_teacher_and_evaluates_through_expor
 
 
 def _torchrun(cfg, run_dir: Path, procs: int) -> dict:
-    cfg.data.batch_size = 4 // procs  # the same global batch
-    cfg.trainer.gpus_per_node = procs
-    run_dir.mkdir(parents=True)
-    write_config(cfg, run_dir)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nnodes=1",
-            f"--nproc-per-node={procs}",
-            str(Path(__file__).with_name("twin_worker.py")),
-            str(run_dir),
-            "float64",
-        ],
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        timeout=600,
-    )
+    worker = str(ROOT / "tests" / "train" / "ddp_worker.py")
+    run_torchrun(cfg, run_dir, procs, [worker, "float64", "tests.methods.twin"])
     return _method_state(run_dir)
 
 

@@ -3,9 +3,6 @@ the overlap alignment, the teacher and centre schedules, configs through Hydra, 
 loop (bit-exact resume with teacher and centre, 2 gloo ranks equal 1 process, export)."""
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,12 +18,13 @@ from vice.data.sampler import ResumableDistributedSampler
 from vice.hydra_schema import register, to_config
 from vice.methods.slotcon import SlotConConfig, SlotConMethod, slotcon_loss
 from vice.methods.slotcon_losses import semantic_grouping, teacher_momentum
-from vice.pipeline import evaluate_run, load_final_model, write_config
+from vice.pipeline import evaluate_run, load_final_model
 from vice.run_dir import RunDir
 from vice.train.checkpoint import CheckpointManager
 from vice.train.optim import OPTIMIZERS, param_groups, set_lr
 from vice.train.trainer import Runtime, build_data, train
 
+from ..train.test_ddp import run_torchrun
 from ..train.test_trainer import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -431,17 +429,8 @@ SHIFTED_BEFORE_BATCHNORM = (
 
 
 def _torchrun(cfg, run_dir: Path, procs: int) -> dict:
-    cfg.data.batch_size = 4 // procs  # the same global batch
-    cfg.trainer.gpus_per_node = procs
-    run_dir.mkdir(parents=True)
-    write_config(cfg, run_dir)
-    worker = ROOT / "tests" / "train" / "ddp_worker.py"  # the trainer under torchrun
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-         f"--nproc-per-node={procs}", str(worker), str(run_dir), "float64"],
-        check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-        timeout=600,
-    )  # fmt: skip
+    worker = str(ROOT / "tests" / "train" / "ddp_worker.py")  # the trainer under torchrun
+    run_torchrun(cfg, run_dir, procs, [worker, "float64"])
     return _method_state(run_dir)
 
 

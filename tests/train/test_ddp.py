@@ -47,7 +47,9 @@ def _config(steps: int) -> Config:
     return cfg  # representative pooling (coherence term), LARC, warm-up, frozen prototypes
 
 
-def _run(cfg: Config, run_dir: Path, procs: int, script: list[str]) -> dict:
+def run_torchrun(cfg: Config, run_dir: Path, procs: int, script: list[str]) -> None:
+    """Trains `cfg` under torchrun standalone with `procs` processes on the same global batch
+    of 4 images; `script` is the rank entry point and its arguments after the run dir."""
     cfg.data.batch_size = 4 // procs  # same global batch
     cfg.trainer.gpus_per_node = procs
     run_dir.mkdir(parents=True)
@@ -69,6 +71,10 @@ def _run(cfg: Config, run_dir: Path, procs: int, script: list[str]) -> dict:
         capture_output=True,
         timeout=600,
     )
+
+
+def _run(cfg: Config, run_dir: Path, procs: int, script: list[str]) -> dict:
+    run_torchrun(cfg, run_dir, procs, script)
     return torch.load(RunDir(run_dir).final_weights, weights_only=True)
 
 
