@@ -51,9 +51,7 @@ def load_final_model(cfg: Config, run_dir: str | Path, device: torch.device) -> 
                 f"run {run_dir} has neither {rd.final_weights.name} nor a checkpoint"
             )
         state, path = loaded
-        if "format" not in state:
-            state = method_cls.upgrade_checkpoint(state, str(path))
-        method.load_state_dict(state["method"])
+        method.load_state_dict(method_cls.current_checkpoint(state, str(path))["method"])
     return network.to(device).eval()
 
 

@@ -104,6 +104,11 @@ class Method(nn.Module):
         return weights
 
     @classmethod
+    def current_checkpoint(cls, state: dict[str, Any], path: str) -> dict[str, Any]:
+        """`state` in the current checkpoint format (format 1 upgraded, or refused)."""
+        return state if "format" in state else cls.upgrade_checkpoint(state, path)
+
+    @classmethod
     def upgrade_checkpoint(cls, state: dict[str, Any], path: str) -> dict[str, Any]:
         """Converts a checkpoint written before the method interface (no `format` key).
 

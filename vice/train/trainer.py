@@ -254,8 +254,7 @@ def restore_checkpoint(parts: Parts, state: TrainState, rt: Runtime, name: str) 
         parts.sampler.set_epoch(0)
         return None
     checkpoint, path = loaded
-    if "format" not in checkpoint:
-        checkpoint = METHODS[name].upgrade_checkpoint(checkpoint, str(path))
+    checkpoint = METHODS[name].current_checkpoint(checkpoint, str(path))
     if checkpoint["method_name"] != name:
         raise ValueError(
             f"invalid config value method.name={name!r}: the run's checkpoint {path} was "
