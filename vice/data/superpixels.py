@@ -59,6 +59,13 @@ def gaussian_blur_uint8(img_HW3: np.ndarray, kernel: int) -> np.ndarray:
     )
 
 
+def _check_rgb_uint8(img_HW3: np.ndarray) -> None:
+    if img_HW3.dtype != np.uint8 or img_HW3.ndim != 3 or img_HW3.shape[2] != 3:
+        raise ValueError(
+            f"expected an RGB uint8 image (H, W, 3), got {img_HW3.dtype} {img_HW3.shape}"
+        )
+
+
 def slic_superpixels(
     img_HW3: np.ndarray,
     region_size: int = 20,
@@ -70,10 +77,7 @@ def slic_superpixels(
 
     Deterministic: single-threaded fast-slic, fixed grid initialisation.
     """
-    if img_HW3.dtype != np.uint8 or img_HW3.ndim != 3 or img_HW3.shape[2] != 3:
-        raise ValueError(
-            f"expected an RGB uint8 image (H, W, 3), got {img_HW3.dtype} {img_HW3.shape}"
-        )
+    _check_rgb_uint8(img_HW3)
     h, w = img_HW3.shape[:2]
     num_components = max(1, round(h * w / region_size**2))
     if num_components == 1 or min(h, w) < 4:
@@ -108,10 +112,7 @@ def opencv_slic_superpixels(
     quarter cell leaves fewer segments on high-contrast textures. Deterministic: the same map
     for any cv2.setNumThreads.
     """
-    if img_HW3.dtype != np.uint8 or img_HW3.ndim != 3 or img_HW3.shape[2] != 3:
-        raise ValueError(
-            f"expected an RGB uint8 image (H, W, 3), got {img_HW3.dtype} {img_HW3.shape}"
-        )
+    _check_rgb_uint8(img_HW3)
     h, w = img_HW3.shape[:2]
     # OpenCV places round(side / region_size) seeds per side and segfaults when that is 0.
     if round(h * w / region_size**2) <= 1 or 2 * min(h, w) <= region_size:
