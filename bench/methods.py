@@ -16,7 +16,13 @@ floor. The upper bound is the same network trained with labels for the same budg
 
 Variants (later methods join by name): vice, grid (SLIC -> grid cells), no_mask (regional
 masking off), mean_pool (mean instead of representative-pixel pooling), init (the network of
-`--init-weights`, no pretraining: "init only"), init_vice (ViCE from `--init-weights`).
+`--init-weights`, no pretraining: "init only"), init_vice (ViCE from `--init-weights`),
+maskcontrast (method=maskcontrast with the ground-truth foreground as its mask prior),
+maskcontrast_sp (with the unsupervised superpixel-saliency prior), init_maskcontrast (gt
+prior, from `--init-weights`, as published: MaskContrast starts from a pretrained trunk);
+these also print MaskContrast's own protocol (mask k-means, saliency IoU) with floors,
+slotcon (method=slotcon, its local-recipe keys from conf/tuning/local_slotcon.yaml; plus a
+collapse check: prototypes in use, slots vs objects per image, `vice.eval.slots`).
 Prints one table (mean +- sd over seeds), the paired differences of the ablations, and how
 long each variant took. Runs are kept under --out, so a rerun only evaluates what is missing.
 """
@@ -52,7 +58,18 @@ VARIANTS = {
     "mean_pool": ["method.pooling=mean"],
     "init": None,  # the init file's network, not pretrained
     "init_vice": [],  # + model.init_weights
+    "slotcon": ["method=slotcon"],  # conf/tuning/local_slotcon.yaml: the local recipe's keys
+    # conf/tuning/local_maskcontrast.yaml: the testbed's ground-truth foreground as the prior
+    "maskcontrast": ["method=maskcontrast"],
+    # the unsupervised prior: superpixels merged into a salient region (vice.data.mask_priors)
+    "maskcontrast_sp": ["method=maskcontrast", "data.mask_prior.source=superpixel_saliency"],
+    "init_maskcontrast": ["method=maskcontrast"],  # + model.init_weights, as published
 }
+# Variants scored by MaskContrast's mask k-means protocol with their own predicted masks, so
+# their floors are scored with those masks too (every such variant scores its own floors).
+MASKED = ("maskcontrast", "maskcontrast_sp", "init_maskcontrast")
+# Variants whose hard grouping is checked for collapse (vice.eval.slots), beside the metrics.
+GROUPING = ("slotcon",)
 PAIRS = [
     ("vice", "grid", "SLIC - grid"),
     ("vice", "no_mask", "masking - none"),
@@ -113,9 +130,52 @@ def run_variant(name: str, seed: int, args: argparse.Namespace, floors: bool) ->
         if not RunDir(run_dir).final_weights.is_file():
             train(cfg, run_dir)
         metrics = evaluate_run(cfg, run_dir)
+    if name in GROUPING:
+        metrics.update(collapse_check(cfg, run_dir))
     metrics["bench.seconds"] = time.monotonic() - tic
     metrics_path.write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def collapse_check(cfg: Config, run_dir: Path) -> dict:
+    """The trained method's hard grouping of the eval images against their objects
+    (`vice.eval.slots.slot_usage`): prototypes in use, slots vs objects per image."""
+    from vice.data.datasets import build_source
+    from vice.eval.features import extract_features, load_eval_set_with_instances
+    from vice.eval.slots import slot_usage
+    from vice.methods import METHODS, build_method
+    from vice.train.checkpoint import CheckpointManager
+
+    loaded = CheckpointManager(
+        RunDir(run_dir).checkpoints, cfg.trainer.keep_checkpoints
+    ).load_latest()
+    if loaded is None:
+        return {}
+    state, path = loaded
+    method = build_method(cfg)
+    method.load_state_dict(METHODS[cfg.method.name].current_checkpoint(state, str(path))["method"])
+    method.eval()
+    source = build_source(cfg.data, split=cfg.data.eval_split, labels=True)
+    images, _, instances = load_eval_set_with_instances(
+        source, cfg.eval.image_size, cfg.eval.max_images
+    )
+    if instances is None:
+        return {}
+    side = images.shape[1]
+
+    class OneHot(torch.nn.Module):  # the hard grouping as extract_features wants it
+        def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+            assign = method.assignments(x_BCHW)[:, None].float()
+            assign = torch.nn.functional.interpolate(assign, size=(side, side), mode="nearest")
+            hot = torch.nn.functional.one_hot(assign[:, 0].long(), cfg.method.num_prototypes)
+            return hot.permute(0, 3, 1, 2).float()
+
+    with torch.no_grad():
+        assign = extract_features(
+            OneHot(), images, cfg.data.views.mean, cfg.data.views.std, cfg.eval.batch_size
+        ).argmax(dim=1)
+    usage = slot_usage(assign.numpy(), instances, cfg.method.num_prototypes)
+    return {f"collapse.{k}": float(v) for k, v in usage.items()}
 
 
 def run_upper_bound(seed: int, args: argparse.Namespace) -> dict:
@@ -132,6 +192,25 @@ def run_upper_bound(seed: int, args: argparse.Namespace) -> dict:
     metrics["bench.seconds"] = time.monotonic() - tic
     metrics_path.write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def print_mask_protocol(name: str, by_seed: dict[int, dict], seeds: list[int]) -> None:
+    """MaskContrast's own evaluation of a variant, beside the floors scored with the same
+    predicted masks: mask k-means mIoU (each seed's value a mean over 5 k-means seeds), and
+    the saliency head's IoU with the ground-truth foreground."""
+    key = "mask_kmeans.miou"
+    rows = [(name, key)] + [(f"  floor: {f}", f"floors.{f}.{key}") for f in FLOORS]
+    print(f"\nmask k-means mIoU, {name} (its predicted masks; mean ± sd over seeds, %):")
+    for label, k in rows:
+        vals = [by_seed[s][k] for s in seeds if isinstance(by_seed[s].get(k), float)]
+        print(f"  {label}: {fmt(vals)}")
+    margin = [by_seed[s]["margin.mask_kmeans.miou"] for s in seeds
+              if "margin.mask_kmeans.miou" in by_seed[s]]  # fmt: skip
+    print(f"  margin over the strongest floor: {fmt(margin)}")
+    sal = [by_seed[s]["saliency.iou"] for s in seeds if "saliency.iou" in by_seed[s]]
+    frac = [by_seed[s]["saliency.fg_fraction"] for s in seeds if "saliency.iou" in by_seed[s]]
+    print(f"  saliency head IoU with the true foreground: {fmt(sal)} "
+          f"(predicted foreground {fmt(frac)} of pixels)")  # fmt: skip
 
 
 def fmt(values: list[float]) -> str:
@@ -161,7 +240,8 @@ def main() -> None:
         p.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     if any(v.startswith("init") for v in variants) and not args.init_weights:
         p.error(
-            "init / init_vice need --init-weights (tools/make_init_weights.py --dataset testbed)"
+            "init / init_vice / init_maskcontrast need --init-weights "
+            "(tools/make_init_weights.py --dataset testbed)"
         )
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -171,7 +251,8 @@ def main() -> None:
         for seed in seeds:
             # The floors depend on the seed (random vectors, the random-init network), not on
             # the variant: scored once per seed, with the first variant.
-            metrics = run_variant(name, seed, args, floors=name == variants[0])
+            floors = name == variants[0] or name in MASKED
+            metrics = run_variant(name, seed, args, floors=floors)
             results.setdefault(name, {})[seed] = metrics
             print(f"[seed {seed}] {name}: {metrics['bench.seconds']:.0f} s", flush=True)
     if args.upper_bound:
@@ -219,6 +300,15 @@ def main() -> None:
             margin = fmt(best)
         print("| " + " | ".join([name, *[fmt(c) for c in cols], margin]) + " |")
     print(f"\nmean ± sd over seeds {seeds}, %; margin: minus the strongest floor of that seed")
+    for name in (v for v in variants if v in MASKED):
+        print_mask_protocol(name, results[name], seeds)
+    for name in (v for v in variants if v in GROUPING):
+        cells = []
+        for key in ("prototypes_used", "slots_per_image", "objects_per_image"):
+            vals = [results[name][s][f"collapse.{key}"] for s in seeds]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{key} {statistics.mean(vals):.2f} ± {sd:.2f}")
+        print(f"collapse check, {name}: " + "; ".join(cells))
     for a, b, label in PAIRS:
         if a in results and b in results:
             for col, col_label in COLUMNS[:1] + COLUMNS[2:3]:

@@ -163,18 +163,29 @@ def _naming(key: str, build):
 
 def check_data(config: Config) -> None:
     """Opens every data source the job will use, so a wrong root fails before anything is
-    written or tracked (the error names the path and the expected layout), and computes one
-    small set of superpixels the way the loader will (check_superpixels)."""
+    written or tracked (the error names the path and the expected layout), and probes what
+    the method's sample builder computes per image: one small set of superpixels the way the
+    loader will (check_superpixels), or the mask prior (check_mask_prior)."""
     from vice.data.datasets import build_source
+    from vice.data.mask_priors import check_mask_prior
     from vice.data.regions import check_regions
+    from vice.methods import METHODS
 
-    check_superpixels(config)
+    builder = METHODS[config.method.name].sample_builder
+    if builder == "vice_views":  # the only builder that computes superpixels
+        check_superpixels(config)
+        # e.g. data.superpixels.method=gt on a data set without instance maps
+        check_regions(build_source(config.data), config.data.superpixels)
+    elif builder == "mask_crops":  # e.g. a missing saliency directory, maps of another size
+        if config.data.mask_prior.source == "superpixel_saliency":
+            check_superpixels(config)
+        check_mask_prior(build_source(config.data), config.data)
+    else:
+        build_source(config.data)
     if config.model.init_weights:  # missing file, wrong architecture: named, before any write
         from vice.models.backbones import build_backbone
 
         build_backbone(config.model.backbone, config.model.output_stride, config.model.init_weights)
-    # e.g. data.superpixels.method=gt on a data set without instance maps
-    check_regions(build_source(config.data), config.data.superpixels)
     if config.eval.enabled:
         split = config.data.eval_split
         _naming("data.eval_split", lambda: build_source(config.data, split=split, labels=True))

@@ -90,7 +90,9 @@ def test_method_group_is_typed_by_the_method_schema():
             compose("config", ["method.temperature=warm"])  # a float, by ViceConfig
     with pytest.raises(ValueError, match=r"unknown config key method\.tau"):
         to_config({"method": {"name": "vice", "tau": 1.0}})
-    with pytest.raises(ValueError, match=r"method\.name='moco': one of \['slotcon', 'vice'\]"):
+    with pytest.raises(
+        ValueError, match=r"method\.name='moco': one of \['maskcontrast', 'slotcon', 'vice'\]"
+    ):
         to_config({"method": {"name": "moco"}})
 
 

@@ -146,6 +146,36 @@ class MaskConfig:
 
 
 @dataclass
+class MaskPriorConfig:
+    """One foreground (object) mask per image, MaskContrast's prior (methods.md section 2).
+
+    Post-processing follows the published saliency rules: threshold the map, drop connected
+    components under `min_component` of the image, skip (and count) images whose mask covers
+    less than `min_area` of it.
+    """
+
+    # A key of vice.data.mask_priors.MASK_PRIORS: gt (the data set's ground-truth
+    # foreground), superpixel_saliency (unsupervised: superpixels merged into a salient
+    # region), files (saliency maps beside the images: <data.root>/<directory>/<stem>.png).
+    source: str = "gt"
+    directory: str = "saliency"  # files: relative to data.root, or an absolute path
+    threshold: float = 0.5  # of the map in [0, 1] (8-bit files: value / 255)
+    min_component: float = 0.01  # fraction of the image; smaller components are dropped
+    min_area: float = 0.01  # fraction of the image; images with less mask are skipped
+    cache_dir: str | None = None  # optional on-disk cache of masks (file-backed data sets)
+
+    def validate(self, prefix: str = "data.mask_prior") -> None:
+        from vice.data.mask_priors import MASK_PRIORS  # the registry itself (lazy: cv2)
+
+        check_name(f"{prefix}.source", self.source, MASK_PRIORS)
+        if not self.directory:
+            raise _fail(f"{prefix}.directory", self.directory, "a directory name or path")
+        _check_range(f"{prefix}.threshold", self.threshold, 0.0, 1.0, lo_open=True)
+        _check_range(f"{prefix}.min_component", self.min_component, 0.0, 1.0)
+        _check_range(f"{prefix}.min_area", self.min_area, 0.0, 1.0)
+
+
+@dataclass
 class SyntheticConfig:
     """The embedded procedural data set (no files)."""
 
@@ -192,6 +222,7 @@ class DataConfig:
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
     masking: MaskConfig = field(default_factory=MaskConfig)
+    mask_prior: MaskPriorConfig = field(default_factory=MaskPriorConfig)
 
     def validate(self, prefix: str = "data") -> None:
         from vice.data.datasets import DATASETS  # the registry itself (lazy: torch)
@@ -209,6 +240,7 @@ class DataConfig:
         self.superpixels.validate(f"{prefix}.superpixels")
         self.views.validate(f"{prefix}.views")
         self.masking.validate(f"{prefix}.masking")
+        self.mask_prior.validate(f"{prefix}.mask_prior")
 
 
 def from_dict(cls: type, values: dict[str, Any] | None, prefix: str = "") -> Any:
@@ -310,11 +342,17 @@ class OptimConfig:
     weight_decay: float = 1e-6
     trust_coefficient: float = 0.001  # LARC/LARS eta
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    # After warm-up: cosine (lr -> final_lr), poly (lr * (1 - t)^poly_power per step) or
+    # poly_epoch (the same, stepped per epoch: MaskContrast's published schedule).
+    schedule: str = "cosine"
+    poly_power: float = 0.9
 
     def validate(self, prefix: str = "optim") -> None:
-        from vice.train.optim import OPTIMIZERS  # the registry itself (lazy: torch)
+        from vice.train.optim import OPTIMIZERS, SCHEDULES  # the registries (lazy: torch)
 
         check_name(f"{prefix}.name", self.name, OPTIMIZERS)
+        check_name(f"{prefix}.schedule", self.schedule, SCHEDULES)
+        _check_range(f"{prefix}.poly_power", self.poly_power, 0.0)
         _check_range(f"{prefix}.lr", self.lr, 0.0, lo_open=True)
         _check_range(f"{prefix}.start_lr", self.start_lr, 0.0)
         _check_range(f"{prefix}.final_lr", self.final_lr, 0.0)

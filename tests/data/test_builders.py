@@ -18,6 +18,6 @@ def test_a_builder_collates_into_its_typed_batch(small_cfg):
 
 
 def test_unknown_builder_is_named():
-    expected = r"unknown sample builder 'pairs'; known: \['two_crops', 'vice_views'\]"
+    expected = r"unknown sample builder 'pairs'; known: \['mask_crops', 'two_crops', 'vice_views'\]"
     with pytest.raises(ValueError, match=expected):
         build_samples("pairs", None, None)

@@ -8,7 +8,10 @@ from PIL import Image
 
 from vice.config import EvalConfig
 from vice.data.datasets.synthetic import SyntheticSource
-from vice.eval.evaluate import evaluate, evaluate_features, format_summary
+from vice.data.datasets.testbed import TestbedSource
+from vice.eval.evaluate import evaluate, evaluate_features, foreground_iou, format_summary
+from vice.eval.features import extract_features, load_eval_foreground, load_eval_set
+from vice.eval.mask_kmeans import mask_kmeans
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -214,3 +217,103 @@ def test_without_instance_maps_the_instance_floors_and_region_metrics_are_skippe
     assert metrics["floors.random_init.clustering.8.miou"] == metrics["clustering.8.miou"]
     assert metrics["margin.clustering.8.miou"] <= 0.0
     assert "regions:" not in format_summary(metrics)
+
+
+# --- MaskContrast's mask k-means and saliency IoU (models with a `foreground`) ---------------
+
+
+class _Foreground(torch.nn.Module):
+    """Unit embeddings (a fixed random conv) and a known predicted foreground: the left half
+    of every image, or all of it."""
+
+    def __init__(self, kind: str = "left"):
+        super().__init__()
+        from tests.eval.conftest import RandomConvEmbed
+
+        self.embed, self.kind = RandomConvEmbed(d=8), kind
+
+    def forward(self, x_BCHW):
+        return self.embed(x_BCHW)
+
+    def foreground(self, x_BCHW):
+        b, _, h, w = x_BCHW.shape
+        fg_BHW = torch.ones((b, h, w), dtype=torch.bool)
+        if self.kind == "left":
+            fg_BHW[..., w // 2 :] = False
+        return fg_BHW
+
+
+def _testbed(length: int, background_class=None):
+    source = TestbedSource(split="val", length=length, size=32)
+    source.background_class = background_class
+    return source
+
+
+def _fg_cfg(**kw) -> EvalConfig:
+    return _cfg(image_size=32, cluster_counts=[12], kmeans_iters=5, linear=False, **kw)
+
+
+@pytest.mark.parametrize(
+    ("background_class", "clusters", "kind"), [(None, 13, "left"), (0, 12, "all")]
+)
+def test_a_foreground_model_gets_mask_kmeans_and_saliency_iou(
+    tmp_path, background_class, clusters, kind
+):
+    val = _testbed(16, background_class)
+    model = _Foreground(kind)
+    cfg = _fg_cfg()
+    metrics = evaluate(model, val, None, cfg, MEAN, STD, "cpu", tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+    pred = np.zeros((16, 32, 32), bool)
+    pred[..., : 16 if kind == "left" else 32] = True
+    images, labels = load_eval_set(val, 32)
+    feats = extract_features(model, images, MEAN, STD, cfg.batch_size, "cpu")
+    want = mask_kmeans(feats, pred, labels, 12, background_class)
+    for key in ("miou", "acc", "miou_sd", "acc_sd"):
+        assert metrics[f"mask_kmeans.{key}"] == want[key], key
+    assert metrics["mask_kmeans.clusters"] == clusters == want["clusters"]
+    assert metrics["mask_kmeans.empty_masks"] == 0
+    assert 0.0 < metrics["mask_kmeans.miou"] <= 1.0 and metrics["mask_kmeans.miou_sd"] >= 0.0
+
+    truth = load_eval_foreground(val, 32)
+    assert metrics["saliency.iou"] == foreground_iou(pred, truth)
+    if kind == "all":  # everything predicted: IoU = the true foreground's share
+        assert metrics["saliency.iou"] == pytest.approx(truth.mean())
+    assert metrics["saliency.fg_fraction"] == (0.5 if kind == "left" else 1.0)
+    assert metrics["saliency.gt_fg_fraction"] == float(truth.mean())
+
+    summary = format_summary(metrics).splitlines()
+    assert summary[2].startswith("mask k-means (5 seeds)")
+    assert summary[3] == (
+        f"saliency: IoU {100 * metrics['saliency.iou']:.2f} % with the ground-truth foreground "
+        f"(predicted {100 * metrics['saliency.fg_fraction']:.1f} % of pixels, "
+        f"true {100 * truth.mean():.1f} %)"
+    )
+
+
+def test_foreground_iou_of_hand_made_masks():
+    pred = np.array([[[1, 1, 0, 0], [1, 0, 0, 0]]], bool)
+    truth = np.array([[[0, 1, 1, 0], [1, 0, 0, 0]]], bool)
+    assert foreground_iou(pred, truth) == 2 / 4  # 2 shared of 4 in either
+    assert foreground_iou(pred, pred) == 1.0 and foreground_iou(pred, ~pred) == 0.0
+    empty = np.zeros((1, 2, 4), bool)
+    assert foreground_iou(empty, empty) == 1.0  # nothing predicted, nothing there
+
+
+def test_a_model_without_foreground_gets_no_mask_metrics(tmp_path, stand_in_model):
+    metrics = evaluate(stand_in_model, _testbed(4), None, _fg_cfg(), MEAN, STD, "cpu", tmp_path)
+    assert "clustering.12.miou" in metrics
+    assert not any(k.startswith(("mask_kmeans.", "saliency.")) for k in metrics)
+    assert "mask k-means" not in format_summary(metrics)
+
+
+def test_fewer_images_with_a_mask_than_clusters_skips_mask_kmeans(tmp_path):
+    cfg = _fg_cfg(max_images=4)
+    metrics = evaluate(_Foreground(), _testbed(16), None, cfg, MEAN, STD, "cpu", tmp_path)
+    assert metrics["mask_kmeans.skipped"] == (
+        "12 k-means clusters need at least as many images with a foreground mask, got 4 of 4"
+    )
+    assert not any(k.startswith("mask_kmeans.miou") for k in metrics)
+    assert metrics["num_images"] == 4 and metrics["saliency.fg_fraction"] == 0.5
+    assert "mask k-means" not in format_summary(metrics)

@@ -4,8 +4,10 @@ import torch
 from torch import nn
 
 from vice.data.datasets.base import ImageSource
+from vice.data.datasets.testbed import TestbedSource
 from vice.eval.features import (
     extract_features,
+    load_eval_foreground,
     load_eval_set,
     load_eval_set_with_instances,
     pixels_PD,
@@ -129,3 +131,42 @@ def test_extract_features_rejects_downsampled_output():
 
     with pytest.raises(ValueError, match="input resolution"):
         extract_features(Half(), np.zeros((1, 8, 8, 3), np.uint8), MEAN, STD)
+
+
+class _ForegroundSource(_ArraySource):
+    """Labelled arrays whose foreground is one class's pixels."""
+
+    def __init__(self, images, labels, num_classes=5, object_class=3):
+        super().__init__(images, labels, num_classes)
+        self.object_class = object_class
+
+    @property
+    def has_foreground(self):
+        return True
+
+    def load_foreground(self, index):
+        return self.labels[index] == self.object_class
+
+
+def test_load_eval_foreground_at_the_native_size_is_the_sources():
+    source = TestbedSource(split="val", length=3, size=32)
+    fg = load_eval_foreground(source, 32)
+    assert fg.shape == (3, 32, 32) and fg.dtype == bool
+    want = np.stack([source.load_foreground(i) for i in range(3)])
+    np.testing.assert_array_equal(fg, want)
+    np.testing.assert_array_equal(load_eval_foreground(source, 32, max_images=2), want[:2])
+    # at half the size: PIL's nearest takes the pixel under each output pixel's centre
+    np.testing.assert_array_equal(load_eval_foreground(source, 16), want[:, 1::2, 1::2])
+
+
+def test_load_eval_foreground_is_resized_and_cropped_like_the_labels():
+    rng = np.random.default_rng(3)
+    small = rng.choice([0, 1, 3, 255], size=(20, 40))
+    lab = np.repeat(np.repeat(small, 2, 0), 2, 1)
+    img = rng.integers(0, 256, (40, 80, 3), dtype=np.uint8)
+    source = _ForegroundSource([img, img], [lab, lab], 4, object_class=3)
+    fg = load_eval_foreground(source, 20)
+    assert fg.shape == (2, 20, 20) and fg.dtype == bool
+    np.testing.assert_array_equal(fg[0], small[:, 10:30] == 3)
+    _, labels = load_eval_set(source, 20)
+    np.testing.assert_array_equal(fg, labels == 3)  # the same pixels as the labels

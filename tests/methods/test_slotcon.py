@@ -354,6 +354,22 @@ def test_export_is_the_teacher_mapping_images_to_unit_embeddings(mode, side, map
         assert all(b.bn2.weight.abs().max() == 0 for b in method.student.backbone.layer4)
 
 
+def test_assignments_are_the_teachers_arg_max_prototype_per_pixel():
+    torch.set_num_threads(1)
+    method = SlotConMethod(slotcon_config(backbone_output="decoder", view_size=48)).eval()
+    x = torch.randn(2, 3, 48, 48)
+    features = method.teacher.features(x)
+    with torch.no_grad():
+        method.teacher_prototypes[:2].copy_(features[0, :, :2, 0].T)  # pixels (0,0), (1,0)
+    assign = method.assignments(x)
+    assert assign.shape == (2, 12, 12) and assign.dtype == torch.int64
+    assert assign[0, 0, 0] == 0 and assign[0, 1, 0] == 1  # each its own prototype
+    cos = torch.einsum(
+        "kd,bdhw->bkhw", F.normalize(method.teacher_prototypes, dim=1), F.normalize(features, dim=1)
+    )
+    assert torch.equal(assign, cos.argmax(dim=1))
+
+
 def test_sgd_lars_is_the_published_lars():
     """Barlow Twins' LARS (SlotCon's utils/lars.py): 1-D parameters get neither weight decay
     nor the trust ratio; every other one (prototypes included) gets both."""

@@ -19,6 +19,23 @@ def test_schedule_warmup_then_cosine():
     assert all(a >= b for a, b in itertools.pairwise(values))
 
 
+def test_poly_schedules_per_step_and_per_epoch():
+    cfg = OptimConfig(lr=0.004, warmup_iters=0, schedule="poly", poly_power=0.9)
+    assert learning_rate(0, 100, cfg) == pytest.approx(0.004)
+    assert learning_rate(50, 100, cfg) == pytest.approx(0.004 * 0.5**0.9)
+    assert learning_rate(100, 100, cfg) == 0.0
+    # MaskContrast: (1 - e / E)^0.9 per epoch, 40 epochs of 10 steps
+    cfg.schedule = "poly_epoch"
+    assert learning_rate(0, 400, cfg, 10) == learning_rate(9, 400, cfg, 10) == 0.004
+    assert learning_rate(10, 400, cfg, 10) == pytest.approx(0.004 * (39 / 40) ** 0.9)
+    assert learning_rate(399, 400, cfg, 10) == pytest.approx(0.004 * (1 / 40) ** 0.9)
+
+
+def test_unknown_schedule_is_named():
+    with pytest.raises(ValueError, match=r"optim.schedule='step': one of \['cosine', 'poly'"):
+        OptimConfig(schedule="step").validate()
+
+
 def test_no_decay_for_biases_and_norms():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     decay, no_decay = param_groups(model, 1e-4)

@@ -71,3 +71,23 @@ class TwoCropBatch(Batch):
         if device.type == "cuda":  # the loader's pinned layout is not channels_last
             moved.views = moved.views.contiguous(memory_format=torch.contiguous_format)
         return moved
+
+
+@dataclass
+class MaskCropBatch(Batch):
+    """Two crops of B images and of their foreground masks, view-major
+    (`vice.data.mask_crops`, MaskContrast)."""
+
+    views: torch.Tensor  # float32 (2, B, 3, S, S)
+    masks: torch.Tensor  # bool (2, B, S, S): the mask prior under each view
+    flips: torch.Tensor  # bool (2, B)
+    crops: torch.Tensor  # float32 (2, B, 4): (x0, y0, w, h) in source pixels
+    keys: list[tuple[int, int]]  # (epoch, index) the sampler handed out
+    indices: torch.Tensor  # int64 (B,): images actually used (after substitutions)
+
+    def to(self, device: torch.device) -> MaskCropBatch:
+        moved = super().to(device)
+        assert isinstance(moved, MaskCropBatch)
+        if device.type == "cuda":  # the loader's pinned layout is not channels_last
+            moved.views = moved.views.contiguous(memory_format=torch.contiguous_format)
+        return moved

@@ -14,6 +14,7 @@ import torch
 
 from vice.config import DataConfig
 from vice.data.datasets.base import ImageSource
+from vice.data.mask_crops import MaskCropDataset
 from vice.data.pretrain import ViceDataset
 from vice.data.two_crops import TwoCropDataset
 
@@ -24,6 +25,8 @@ SAMPLE_BUILDERS: dict[str, SampleBuilder] = {
     "vice_views": ViceDataset,
     # Two overlapping random resized crops with their overlap boxes and flips (SlotCon).
     "two_crops": TwoCropDataset,
+    # Two random resized crops of an image and its foreground mask prior (MaskContrast).
+    "mask_crops": MaskCropDataset,
 }
 
 

@@ -7,8 +7,14 @@ C <= #classes, majority vote when over-clustering); mIoU and pixel accuracy.
 the eval images.
 (c) Region metrics (`vice.eval.regions`), where the eval split has instance maps: whether
 ground-truth regions of one class look alike across images (`region.*`).
-(d) Floors (`vice.eval.floors`): reference feature maps scored by (a)-(c) on the same images,
-as `floors.<name>.<metric>`; `margin.<metric>` is the network minus the strongest floor.
+(d) Where the model predicts a foreground (`model.foreground(x) -> bool (B, H, W)`, e.g.
+MaskContrast's saliency head): MaskContrast's k-means protocol (`vice.eval.mask_kmeans`: one
+mask-pooled prototype per image, PCA-whitened, k-means, Hungarian, 5 seeds) as
+`mask_kmeans.*`, and where the eval split has a ground-truth foreground, the predicted mask's
+IoU with it (`saliency.iou`).
+(e) Floors (`vice.eval.floors`): reference feature maps scored by (a)-(d) on the same images
+(the mask protocol with the network's predicted masks), as `floors.<name>.<metric>`;
+`margin.<metric>` is the network minus the strongest floor.
 
 Outputs in `out_dir`: `metrics.json` (flat keys, fractions in [0, 1], written atomically) and
 `segmentations.png`. `evaluate` runs a model; `evaluate_features` takes ready features, so
@@ -33,11 +39,17 @@ import torch
 
 from vice.config import EvalConfig
 from vice.data.datasets.base import ImageSource
-from vice.eval.features import extract_features, load_eval_set_with_instances, pixels_PD
+from vice.eval.features import (
+    extract_features,
+    load_eval_foreground,
+    load_eval_set_with_instances,
+    pixels_PD,
+)
 from vice.eval.figures import segmentation_figure, write_per_class_iou_figure
 from vice.eval.floors import Floor, margins
 from vice.eval.kmeans import kmeans
 from vice.eval.linear import predict_linear, train_linear_probe
+from vice.eval.mask_kmeans import mask_kmeans
 from vice.eval.matching import confusion, map_clusters
 from vice.eval.metrics import segmentation_metrics
 from vice.eval.regions import region_metrics
@@ -97,6 +109,7 @@ def _score(
     labels_train_NSS: np.ndarray | None = None,
     instances_eval_NSS: np.ndarray | None = None,
     name: str = "network",
+    masks: _Masks | None = None,
 ) -> tuple[dict, int | None, np.ndarray | None, np.ndarray | None]:
     """The metrics of features (no files); also the figure's C and the two predictions."""
     x_PD = pixels_PD(feats_eval_NDSS)
@@ -178,7 +191,71 @@ def _score(
             100 * region["probe_acc"],
             time.perf_counter() - t0,
         )
+    if masks is not None:
+        metrics.update(_score_masks(feats_eval_NDSS, labels_eval_NSS, num_classes, masks, name))
     return metrics, figure_c, figure_pred, linear_pred
+
+
+@dataclass
+class _Masks:
+    """The model's predicted foreground of the eval images, for the mask k-means protocol."""
+
+    foreground_NSS: np.ndarray  # bool
+    background_class: int | None  # the data set's background class id, if it has one
+
+
+def _score_masks(
+    feats_NDSS: torch.Tensor, labels_NSS: np.ndarray, num_classes: int, masks: _Masks, name: str
+) -> dict:
+    """`mask_kmeans.*`: MaskContrast's k-means on per-image mask-pooled prototypes."""
+    t0 = time.perf_counter()
+    try:
+        result = mask_kmeans(
+            feats_NDSS, masks.foreground_NSS, labels_NSS, num_classes, masks.background_class
+        )
+    except ValueError as err:  # e.g. fewer images with a mask than clusters
+        log.info("%s mask k-means skipped: %s", name, err)
+        return {"mask_kmeans.skipped": str(err)}
+    out = {f"mask_kmeans.{k}": result[k] for k in ("miou", "acc", "miou_sd", "acc_sd")}
+    out["mask_kmeans.empty_masks"] = int(result["empty_masks"])
+    out["mask_kmeans.clusters"] = int(result["clusters"])
+    log.info(
+        "%s mask k-means (%d clusters, %d seeds): mIoU %.2f%% +- %.2f, acc %.2f%% (%.1f s)",
+        name, result["clusters"], len(result["per_seed"]), 100 * result["miou"],
+        100 * result["miou_sd"], 100 * result["acc"], time.perf_counter() - t0,
+    )  # fmt: skip
+    return out
+
+
+def predict_foreground(
+    model: torch.nn.Module,
+    images_NSS3: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    batch_size: int,
+    device: str | torch.device,
+    amp: bool,
+) -> np.ndarray:
+    """`model.foreground` of every image: bool (N, S, S)."""
+
+    class Foreground(torch.nn.Module):  # as extract_features runs models: (B, 1, H, W)
+        def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+            return model.foreground(x_BCHW)[:, None].float()
+
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
+            fg = extract_features(Foreground(), images_NSS3, mean, std, batch_size, device, amp)
+        finally:
+            model.train(was_training)
+    return fg[:, 0].numpy() > 0.5
+
+
+def foreground_iou(pred_NSS: np.ndarray, truth_NSS: np.ndarray) -> float:
+    """Intersection over union of two foregrounds over all pixels of the set."""
+    union = np.logical_or(pred_NSS, truth_NSS).sum()
+    return float(np.logical_and(pred_NSS, truth_NSS).sum() / union) if union else 1.0
 
 
 def _write(
@@ -297,6 +374,7 @@ def _score_floors(
     num_classes: int,
     cfg: EvalConfig,
     device: str | torch.device,
+    masks: _Masks | None = None,
 ) -> dict:
     """`floors.<name>.<metric>` of every floor (scalars only), `floors.names`,
     `floors.skipped` and the seconds they took."""
@@ -329,10 +407,11 @@ def _score_floors(
             labels_train,
             eval_split.instances_NSS,
             name=f"floor {floor.name}",
+            masks=masks,
         )
         del feats_eval, feats_train
         for key, value in scored.items():
-            if not isinstance(value, list):  # per-class lists: the network's only
+            if not isinstance(value, list | str):  # per-class lists: the network's only
                 out[f"floors.{floor.name}.{key}"] = value
         out[f"floors.{floor.name}.seconds"] = time.perf_counter() - t0
         names.append(floor.name)
@@ -402,6 +481,14 @@ def evaluate(
         *load_eval_set_with_instances(source_eval, cfg.image_size, cfg.max_images)
     )
     feats_eval = features_fn(eval_split.images_NSS3)
+    masks = None
+    if model is not None and hasattr(model, "foreground"):
+        masks = _Masks(
+            predict_foreground(
+                model, eval_split.images_NSS3, mean, std, cfg.batch_size, device, amp
+            ),
+            source_eval.background_class,
+        )
     feats_train = train_split = None
     if cfg.linear and source_train is not None:
         if source_train.num_classes != num_classes:
@@ -432,13 +519,21 @@ def evaluate(
         feats_train,
         None if train_split is None else train_split.labels_NSS,
         eval_split.instances_NSS,
+        masks=masks,
     )
     metrics.update(scored)
+    if masks is not None and source_eval.has_foreground:
+        truth = load_eval_foreground(source_eval, cfg.image_size, cfg.max_images)
+        metrics["saliency.iou"] = foreground_iou(masks.foreground_NSS, truth)
+        metrics["saliency.fg_fraction"] = float(masks.foreground_NSS.mean())
+        metrics["saliency.gt_fg_fraction"] = float(truth.mean())
     del feats_eval, feats_train  # the floors' features take their place
     if eval_split.instances_NSS is None:
         metrics["region.skipped"] = f"{type(source_eval).__name__} has no instance maps"
     if floors or floors_skipped:
-        metrics.update(_score_floors(floors, eval_split, train_split, num_classes, cfg, device))
+        metrics.update(
+            _score_floors(floors, eval_split, train_split, num_classes, cfg, device, masks)
+        )
         metrics["floors.skipped"] = [*floors_skipped, *metrics["floors.skipped"]]
         metrics.update(margins(metrics, metrics["floors.names"]))
     metrics = {k: _json_safe(v) for k, v in metrics.items()}

@@ -84,6 +84,18 @@ def load_eval_set_with_instances(
     return _load(source, image_size, max_images, instances=source.has_instances)
 
 
+def load_eval_foreground(source: ImageSource, image_size: int, max_images: int = 0) -> np.ndarray:
+    """The ground-truth foreground (`source.load_foreground`) of the images `load_eval_set`
+    loads, resized (nearest) and cropped like their labels: bool (N, S, S)."""
+    n = len(source) if max_images <= 0 else min(max_images, len(source))
+    out_NSS = np.empty((n, image_size, image_size), dtype=bool)
+    for i in range(n):
+        fg = source.load_foreground(i).astype(np.int64)
+        fg = _resize_ids(fg, *_short_side_shape(*fg.shape, image_size))
+        out_NSS[i] = _center_crop(fg, image_size) > 0
+    return out_NSS
+
+
 def _load(
     source: ImageSource, image_size: int, max_images: int, instances: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

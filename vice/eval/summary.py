@@ -91,7 +91,16 @@ def format_summary(metrics: dict) -> str:
         )
     if "linear.miou" in metrics:
         rows.append(("linear", metrics["linear.miou"], metrics["linear.acc"]))
+    if "mask_kmeans.miou" in metrics:
+        rows.append(("mask k-means (5 seeds)", metrics["mask_kmeans.miou"],
+                     metrics["mask_kmeans.acc"]))  # fmt: skip
     width = max([len("method"), *(len(r[0]) for r in rows)])
     lines = [f"{'method':<{width}}  {'mIoU %':>7}  {'acc %':>7}"]
     lines += [f"{name:<{width}}  {100 * miou:7.2f}  {100 * acc:7.2f}" for name, miou, acc in rows]
+    if "saliency.iou" in metrics:
+        lines.append(
+            f"saliency: IoU {100 * metrics['saliency.iou']:.2f} % with the ground-truth "
+            f"foreground (predicted {100 * metrics['saliency.fg_fraction']:.1f} % of pixels, "
+            f"true {100 * metrics['saliency.gt_fg_fraction']:.1f} %)"
+        )
     return "\n".join(lines + _summary_lines(metrics))

@@ -9,16 +9,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vice.methods.base import Method
+from vice.methods.maskcontrast import MaskContrastConfig, MaskContrastMethod
 from vice.methods.slotcon import SlotConConfig, SlotConMethod
 from vice.methods.vice import ViceConfig, ViceMethod
 
 if TYPE_CHECKING:
     from vice.config import Config
 
-METHODS: dict[str, type[Method]] = {"vice": ViceMethod, "slotcon": SlotConMethod}
+METHODS: dict[str, type[Method]] = {
+    "vice": ViceMethod,
+    "slotcon": SlotConMethod,
+    "maskcontrast": MaskContrastMethod,
+}
 
 __all__ = [
     "METHODS",
+    "MaskContrastConfig",
+    "MaskContrastMethod",
     "Method",
     "SlotConConfig",
     "SlotConMethod",

@@ -336,6 +336,15 @@ class SlotConMethod(Method):
         return out.total, terms
 
     @torch.no_grad()
+    def assignments(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        """Each pixel's teacher prototype (arg-max cosine score), int64 (B, h, w): the hard
+        grouping the collapse check (`vice.eval.slots`) counts."""
+        _, scores_BKhw = semantic_grouping(
+            self.teacher.features(x_BCHW), self.teacher_prototypes, self.cfg.grouping_temperature
+        )
+        return scores_BKhw.argmax(dim=1)
+
+    @torch.no_grad()
     def update_center(self, scores_V: Sequence[torch.Tensor]) -> None:
         """centre <- m * centre + (1 - m) * mean teacher score over every pixel of both views
         on all ranks (full maps, not the overlap)."""

@@ -106,13 +106,32 @@ def build_optimizer(
     return OPTIMIZERS[cfg.name](groups, cfg)
 
 
-def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Linear warm-up start_lr -> lr over warmup_iters, then cosine lr -> final_lr."""
+def learning_rate(step: int, total_steps: int, cfg: OptimConfig, steps_per_epoch: int = 1) -> float:
+    """Linear warm-up start_lr -> lr over warmup_iters, then `cfg.schedule` to the end."""
     if step < cfg.warmup_iters:
         return cfg.start_lr + (cfg.lr - cfg.start_lr) * step / cfg.warmup_iters
-    span = max(1, total_steps - cfg.warmup_iters)
-    progress = min(1.0, (step - cfg.warmup_iters) / span)
+    return SCHEDULES[cfg.schedule](step - cfg.warmup_iters, total_steps - cfg.warmup_iters,
+                                   cfg, steps_per_epoch)  # fmt: skip
+
+
+def _cosine(step: int, span: int, cfg: OptimConfig, steps_per_epoch: int) -> float:
+    progress = min(1.0, step / max(1, span))
     return cfg.final_lr + 0.5 * (cfg.lr - cfg.final_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _poly(step: int, span: int, cfg: OptimConfig, steps_per_epoch: int) -> float:
+    return cfg.lr * max(0.0, 1.0 - step / max(1, span)) ** cfg.poly_power
+
+
+def _poly_epoch(step: int, span: int, cfg: OptimConfig, steps_per_epoch: int) -> float:
+    """lr * (1 - e / E)^power for epoch e of E (MaskContrast's adjust_learning_rate)."""
+    per = max(1, steps_per_epoch)
+    epochs = max(1, math.ceil(span / per))
+    return cfg.lr * max(0.0, 1.0 - (step // per) / epochs) ** cfg.poly_power
+
+
+# After warm-up: (steps since warm-up, steps after warm-up, cfg, steps per epoch) -> lr.
+SCHEDULES = {"cosine": _cosine, "poly": _poly, "poly_epoch": _poly_epoch}
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

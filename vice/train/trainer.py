@@ -412,13 +412,13 @@ def train(
     rates: list[float] = []
     step_delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
     stop_signal: str | None = None
-    lr = learning_rate(state.step, total_steps, cfg.optim)
+    lr = learning_rate(state.step, total_steps, cfg.optim, steps_per_epoch)
     while state.step < total_steps and stop_signal is None:
         tic = time.monotonic()
         for batch in loader:
             got = time.monotonic()
             batch = batch.to(device)
-            lr = learning_rate(state.step, total_steps, cfg.optim)
+            lr = learning_rate(state.step, total_steps, cfg.optim, steps_per_epoch)
             set_lr(optimizer, lr)
             loss, terms = net(batch, state.step)
             optimizer.zero_grad(set_to_none=True)

@@ -178,3 +178,129 @@ def make_folder_tree(root: Path, outside: Path | None = None) -> list[str]:
         os.symlink(outside, root / "ext")
         keys.insert(keys.index("palette.png"), "ext/far.jpg")
     return keys
+
+
+#: split -> image ids of the miniature PASCAL VOC 2012 tree (trainval = train + val).
+VOC_IDS = {
+    "train": ("2007_000032", "2007_000039", "2008_000008"),
+    "val": ("2007_000033", "2009_000012"),
+}
+#: ids of trainaug that only SBD labels (SegmentationClassAug/ has them, SegmentationClass/
+#: does not); trainaug = VOC_IDS["train"] + VOC_AUG_ONLY_IDS, as the real list has no val id.
+VOC_AUG_ONLY_IDS = ("2008_000123", "2010_000456")
+
+
+def voc_palette() -> list[int]:
+    """The VOC colour map (768 values): index i's RGB spreads i's bits over the top bits."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def voc_maps(image_id: str, size: tuple[int, int] = (12, 16)) -> tuple[np.ndarray, np.ndarray]:
+    """The class map and instance map (H, W) uint8 make_voc writes for `image_id`.
+
+    Two objects on background 0, each inside a 1 px void (255) band, as VOC draws them:
+    object 1 a 3 x 4 box (rows 2-4, cols 2-5) of class 1 + n % 20, object 2 a 3 x 3 box (rows
+    7-9, cols 10-12) of class 15 (person), where n is the id's last digits. Instances: 1 and
+    2 for the objects, 0 background, 255 void. Foreground: 21 pixels (class map not in
+    {0, 255}).
+    """
+    classes = np.zeros(size, np.uint8)
+    instances = np.zeros(size, np.uint8)
+    boxes = ((2, 5, 2, 6), (7, 10, 10, 13))  # rows [y0, y1), cols [x0, x1)
+    for k, ((y0, y1, x0, x1), cls) in enumerate(
+        zip(boxes, (1 + int(image_id[-4:]) % 20, 15), strict=True), start=1
+    ):
+        for target, value in ((classes, cls), (instances, k)):
+            target[y0 - 1 : y1 + 1, x0 - 1 : x1 + 1] = 255
+            target[y0:y1, x0:x1] = value
+    return classes, instances
+
+
+def make_voc(
+    root: Path,
+    ids: dict[str, tuple[str, ...]] | None = None,
+    trainaug: bool = True,
+    aug_labels: bool = True,
+    objects: bool = True,
+    saliency: bool = False,
+    saliency_size: tuple[int, int] | None = None,
+    size: tuple[int, int] = (12, 16),
+) -> Path:
+    """Builds a miniature VOC2012 directory at `root` and returns `root` (pass it as data.root).
+
+    Writes JPEGImages/<id>.jpg (random RGB), SegmentationClass/<id>.png (palette PNGs of
+    voc_maps' class map) and ImageSets/Segmentation/{train,val,trainval}.txt for `ids`.
+
+    Args:
+        root: the VOC2012 directory to build.
+        ids: split -> image ids for "train" and "val"; VOC_IDS by default.
+        trainaug: also write the trainaug images and list: train ids + VOC_AUG_ONLY_IDS
+            (the latter get a JPEG but no SegmentationClass map).
+        aug_labels: with trainaug, write SegmentationClassAug/<id>.png for every trainaug id:
+            grayscale PNGs of voc_maps' class map with the void band set to 0 (SBD draws none),
+            so tests can tell which directory a label came from.
+        objects: write SegmentationObject/<id>.png (palette PNGs of voc_maps' instance map)
+            for the train and val ids.
+        saliency: write saliency/<id>.png for every image: 8-bit grayscale, 255 on the
+            foreground of voc_maps (class map not in {0, 255}), 0 elsewhere.
+        saliency_size: (height, width) of the saliency maps, to write them at a size other
+            than their image's (nearest resize); None: the image's size.
+        size: (height, width) of every image and map.
+    """
+    ids = VOC_IDS if ids is None else ids
+    lists = {"train": list(ids.get("train", ())), "val": list(ids.get("val", ()))}
+    lists["trainval"] = lists["train"] + lists["val"]
+    release = lists["trainval"]
+    every = release + [i for i in VOC_AUG_ONLY_IDS if trainaug]
+    if trainaug:
+        lists["trainaug"] = lists["train"] + list(VOC_AUG_ONLY_IDS)
+    list_dir = root / "ImageSets" / "Segmentation"
+    list_dir.mkdir(parents=True, exist_ok=True)
+    for name, names in lists.items():
+        (list_dir / f"{name}.txt").write_text("".join(f"{i}\n" for i in names))
+    for dirname in ("SegmentationClass", "SegmentationObject"):
+        (root / dirname).mkdir(parents=True, exist_ok=True)
+    for image_id in every:
+        write_rgb(root / "JPEGImages" / f"{image_id}.jpg", size)
+        classes, instances = voc_maps(image_id, size)
+        if image_id in release:
+            write_palette_png(root / "SegmentationClass" / f"{image_id}.png", classes)
+            if objects:
+                write_palette_png(root / "SegmentationObject" / f"{image_id}.png", instances)
+        if trainaug and aug_labels and image_id in lists["trainaug"]:
+            path = root / "SegmentationClassAug" / f"{image_id}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.where(classes == 255, 0, classes).astype(np.uint8), "L").save(path)
+        if saliency:
+            path = root / "saliency" / f"{image_id}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fg = Image.fromarray(
+                np.where((classes != 0) & (classes != 255), 255, 0).astype(np.uint8)
+            )
+            if saliency_size is not None:
+                fg = fg.resize((saliency_size[1], saliency_size[0]), Image.Resampling.NEAREST)
+            fg.save(path)
+    if not objects:
+        (root / "SegmentationObject").rmdir()
+    return root
+
+
+def write_palette_png(path: Path, ids: np.ndarray) -> None:
+    """Writes an id map (H, W) as a palette PNG with the VOC colours, as VOC releases labels.
+
+    The palette matters: Pillow may renumber the indices of a P image without distinct colours
+    when it saves one.
+    """
+    img = Image.fromarray(ids.astype(np.uint8), "P")
+    img.putpalette(voc_palette())
+    img.save(path)

@@ -15,7 +15,7 @@ def test_root_error_names_path_problem_layout_and_fix():
 
 
 def test_registry_is_a_plain_dict_of_sources():
-    assert set(DATASETS) == {"synthetic", "testbed", "coco", "cityscapes", "folder"}
+    assert set(DATASETS) == {"synthetic", "testbed", "coco", "cityscapes", "folder", "voc"}
     assert all(issubclass(cls, ImageSource) for cls in DATASETS.values())
 
 
@@ -32,7 +32,7 @@ def test_folder_has_no_labels_for_evaluation(tmp_path):
         build_source(DataConfig(dataset="folder", root=str(tmp_path)), labels=True)
 
 
-def test_sources_have_no_instances_unless_they_say_so():
+def test_sources_have_no_instances_or_foreground_unless_they_say_so():
     class Bare(ImageSource):
         def __len__(self):
             return 1
@@ -47,3 +47,8 @@ def test_sources_have_no_instances_unless_they_say_so():
     assert not bare.has_instances and bare.instance_path(0) is None
     with pytest.raises(NotImplementedError, match="Bare has no instance maps for this split"):
         bare.load_instances(0)
+    assert not bare.has_foreground and bare.foreground_path(0) is None
+    with pytest.raises(
+        NotImplementedError, match="Bare has no ground-truth foreground for this split"
+    ):
+        bare.load_foreground(0)

@@ -106,6 +106,23 @@ def test_instances_are_the_drawn_objects() -> None:
     assert src.load_instances(3).min() == 0
 
 
+def test_foreground_is_the_drawn_objects() -> None:
+    src = SyntheticSource(split="val", size=64, length=24, seed=0)
+    assert src.has_foreground and src.foreground_path(0) is None
+    fractions = []
+    for i in range(len(src)):
+        fg, inst, label = src.load_foreground(i), src.load_instances(i), src.load_label(i)
+        assert fg.dtype == np.bool_ and fg.shape == (64, 64)
+        np.testing.assert_array_equal(fg, inst > 0)
+        # The background is one class that no object takes.
+        background = np.unique(label[~fg])
+        assert background.size == 1 and background[0] not in label[fg]
+        fractions.append(fg.mean())
+    # Measured on these 24 (2-6 objects of radius 0.1-0.3 x side): 7-48 %, 25 % on average.
+    assert min(fractions) > 0.03 and max(fractions) < 0.6, fractions
+    assert 0.18 < np.mean(fractions) < 0.32, np.mean(fractions)
+
+
 def test_index_out_of_range() -> None:
     src = SyntheticSource(length=3, size=32)
     for bad in (3, 100, -1):

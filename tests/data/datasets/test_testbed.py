@@ -118,6 +118,29 @@ def test_each_instance_has_one_class(val_set) -> None:
             assert np.unique(label[inst == k]).size == 1
 
 
+def test_foreground_is_the_union_of_the_objects(val_set) -> None:
+    src = TestbedSource(split="val", length=24)
+    assert src.has_foreground and src.foreground_path(0) is None
+    _, labels, instances = val_set
+    fractions = []
+    for i, (label, inst) in enumerate(zip(labels, instances, strict=True)):
+        fg = src.load_foreground(i)
+        assert fg.dtype == np.bool_ and fg.shape == (128, 128)
+        # m, the number of stuff regions, is the first draw of the image's generator.
+        m = int(np.random.default_rng([0, 1, i]).integers(1, 4))
+        np.testing.assert_array_equal(fg, inst >= m)
+        # Stuff classes are distinct and no object takes one: the classes split cleanly.
+        stuff = set(np.unique(label[~fg]).tolist())
+        assert 1 <= len(stuff) <= m and not stuff & set(np.unique(label[fg]).tolist())
+        fractions.append(fg.mean())
+    # Measured on these 24: 14-42 % of the pixels, 29 % on average (stuff holds the rest).
+    assert min(fractions) > 0.1 and max(fractions) < 0.5, fractions
+    assert 0.25 < np.mean(fractions) < 0.35, np.mean(fractions)
+    got = src.load_foreground(3)
+    got[:] = False  # a fresh array each call
+    assert src.load_foreground(3).any()
+
+
 def test_class_balance() -> None:
     src = TestbedSource(length=200, size=64)
     pixels = np.zeros(12)

@@ -11,6 +11,7 @@ from vice.data.datasets.coco import CocoSource
 from vice.data.datasets.folder import FolderSource
 from vice.data.datasets.synthetic import SyntheticSource
 from vice.data.datasets.testbed import TestbedSource
+from vice.data.datasets.voc import VOCSource
 
 DATASETS: dict[str, type[ImageSource]] = {
     "synthetic": SyntheticSource,
@@ -18,6 +19,7 @@ DATASETS: dict[str, type[ImageSource]] = {
     "coco": CocoSource,
     "cityscapes": CityscapesSource,
     "folder": FolderSource,
+    "voc": VOCSource,
 }
 
 __all__ = ["DATASETS", "DatasetRootError", "ImageSource", "build_source"]
@@ -42,7 +44,7 @@ def build_source(cfg: DataConfig, split: str | None = None, labels: bool = False
         if name == "folder":
             raise ValueError(
                 "data.dataset='folder' has no labels: evaluation needs 'synthetic', 'testbed', "
-                "'coco' or 'cityscapes' (set eval.dataset or data.dataset)"
+                "'coco', 'cityscapes' or 'voc' (set eval.dataset or data.dataset)"
             )
         kwargs["labels"] = True
     return DATASETS[name](**kwargs)

@@ -32,6 +32,10 @@ class ImageSource(ABC):
 
     #: Number of evaluation classes when labels exist, else None.
     num_classes: int | None = None
+    #: The label id of "no object" where the data set has such a class (VOC: 0), else None
+    #: (every pixel has a semantic class). MaskContrast's k-means protocol gives that class's
+    #: pixels their own cluster.
+    background_class: int | None = None
     #: Class names, index-aligned with label ids, when labels exist.
     class_names: tuple[str, ...] = ()
 
@@ -74,3 +78,21 @@ class ImageSource(ABC):
         crowds) share one id per class. Ids are non-negative, not necessarily contiguous.
         """
         raise NotImplementedError(f"{type(self).__name__} has no instance maps for this split")
+
+    @property
+    def has_foreground(self) -> bool:
+        """Whether `load_foreground` works: this split has a ground-truth foreground (the
+        object pixels, as opposed to background and stuff), e.g. for a mask prior."""
+        return False
+
+    def foreground_path(self, index: int) -> Path | None:
+        """The file the foreground of image `index` is computed from (e.g. its label map), for
+        cache keys; None for procedural sources or without a foreground."""
+        return None
+
+    def load_foreground(self, index: int) -> np.ndarray:
+        """Foreground mask (H, W) bool of image `index`, at the image's own size: True on
+        object pixels; background, stuff and void pixels are False."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no ground-truth foreground for this split"
+        )

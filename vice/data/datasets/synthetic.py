@@ -7,6 +7,10 @@ its texture (stripes, dots, checks, rings, ...): the two colours a region is pai
 drawn independently of its class, so clustering raw colours cannot recover the labels while
 dense features that see texture can. Nothing is read from disk; image `i` of a split is a pure
 function of (seed, split, i), so any worker on any node regenerates the same pixels.
+
+Ground-truth foreground (a mask prior's target): the union of the drawn objects. The
+background region is the one large surface every object lies on, so it is what a saliency
+model would leave out, even though it too carries a texture class.
 """
 
 from __future__ import annotations
@@ -348,6 +352,15 @@ class SyntheticSource(ImageSource):
         may be split in parts; two objects of one class keep two ids.
         """
         return self._cached(index)[3].astype(np.int64)  # a copy
+
+    @property
+    def has_foreground(self) -> bool:
+        return True
+
+    def load_foreground(self, index: int) -> np.ndarray:
+        """Foreground (H, W) bool: the visible pixels of the drawn objects (instance id > 0);
+        the background region (id 0) is not foreground."""
+        return self._cached(index)[3] > 0
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image and label of `index`, generated together so they always agree.

@@ -15,6 +15,8 @@ borders SLIC follows and grid cells straddle.
 Background: 1-3 "stuff" regions (wavy Voronoi cells), each one of the 12 classes, distinct,
 and no object takes a stuff class of its image; so every pixel has a class (no ignore label)
 and the label map shows every object. Instances: stuff regions 0..m-1, objects m, m+1, ...
+The ground-truth foreground (a mask prior's target) is the union of the objects: every pixel
+whose instance id is >= m; the stuff regions are background.
 
 `bench/testbed.py` measures the floors (chance, grouping only, colour) and cue-wise nearest
 neighbour rates. Image i of a split is a pure function of (seed, split, i); nothing is read
@@ -186,7 +188,7 @@ class TestbedSource(ImageSource):
         if not _is_int(seed) or seed < 0:
             raise _fail("data.seed", seed, "must be an integer >= 0")
         self.split, self.length, self.size, self.seed = split, int(length), int(size), int(seed)
-        self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray, int] | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -224,15 +226,26 @@ class TestbedSource(ImageSource):
         split in parts)."""
         return self._cached(index)[3].astype(np.int64)
 
-    def _cached(self, index: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    @property
+    def has_foreground(self) -> bool:
+        return True
+
+    def load_foreground(self, index: int) -> np.ndarray:
+        """Foreground (H, W) bool: the objects' pixels (instance ids >= m); the m stuff
+        regions are background."""
+        _, _, _, region, m = self._cached(index)
+        return region >= m
+
+    def _cached(self, index: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int]:
         # Callers load the image, then the label or instances, of the same index.
         i = self._check_index(index)
         if self._cache is None or self._cache[0] != i:
             self._cache = (i, *self._generate(i))
         return self._cache
 
-    def _generate(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Image (S, S, 3) uint8, label (S, S) int64 and region ids (S, S) of `index`."""
+    def _generate(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Image (S, S, 3) uint8, label (S, S) int64, region ids (S, S) of `index` and its
+        number of stuff regions m (region ids below m are stuff)."""
         rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
         S = self.size
         yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
@@ -268,7 +281,7 @@ class TestbedSource(ImageSource):
         noise *= (math.sqrt(12.0) * noise_std)[region][..., None]
         pixels = colour[region] * shade[..., None] + noise
         image = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        return image, classes[region].astype(np.int64), region
+        return image, classes[region].astype(np.int64), region, m
 
 
 def _layout(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray):
