@@ -63,7 +63,7 @@ def test_two_nodes_preempted_resume_like_undisturbed_and_evaluate(cluster, tmp_p
         run.wait_step(4)
         preempt()
         run.wait_running_again(0)
-        check_completed_like_reference(run, reference, stops_expected=1, keys=keys)
+        check_completed_like_reference(run, reference, stops_expected=1, keys=keys, steps=STEPS)
         assert "node 1/2" in run.logs()
         record = json.loads((run.run_dir / "jobs.json").read_text())
         assert record["nodes"] == 2

@@ -210,6 +210,7 @@ def check_completed_like_reference(
     reference: Run,
     stops_expected: int | None,
     keys: tuple[str, ...] = ("loss", "loss_swav", "lr"),
+    steps: int = STEPS,
 ) -> None:
     assert run.wait_ended(run.pretrain) == "COMPLETED", run.logs()[-4000:]
     assert run.wait_ended(run.eval) == "COMPLETED", run.logs()[-4000:]
@@ -220,7 +221,7 @@ def check_completed_like_reference(
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     for key in keys:
         ref = history(reference.tmp, reference.run_dir, key)
-        assert len(ref) == STEPS
+        assert len(ref) == steps
         assert history(run.tmp, run.run_dir, key) == ref, key
     # the eval ran exactly once: one eval log, one value of its metrics
     eval_logs = [

@@ -12,15 +12,13 @@ as such, so it is not recomputed every epoch either.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vice.data.npz_entries import entry_key, entry_path, write_entry
 
 # Bumped whenever a prior or the post-processing changes output for the same parameters, so
 # entries written by an older version are never mistaken for current ones.
@@ -43,15 +41,10 @@ class MaskCache:
         `params` must be JSON-serialisable and hold everything but the files that the mask
         depends on (the prior's name included).
         """
-        stats = []
-        for path in files:
-            stat = os.stat(path)
-            stats.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
-        blob = json.dumps([ALGORITHM_VERSION, stats, list(shape), params], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return entry_key(ALGORITHM_VERSION, files, shape, params)
 
     def _entry(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.npz"
+        return entry_path(self.directory, key)
 
     def load(self, key: str) -> tuple[bool, np.ndarray | None]:
         """(found, mask): mask is None for a cached skip; (False, None) when there is no entry."""
@@ -68,8 +61,6 @@ class MaskCache:
 
     def store(self, key: str, mask_HW: np.ndarray | None) -> None:
         """Writes `mask_HW` (bool (H, W), or None for a skipped image) atomically."""
-        entry = self._entry(key)
-        entry.parent.mkdir(parents=True, exist_ok=True)
         if mask_HW is None:
             arrays = {
                 "skip": np.True_,
@@ -83,14 +74,7 @@ class MaskCache:
                 "shape": np.asarray(mask_HW.shape, np.int64),
                 "bits": np.packbits(mask_HW.ravel()),  # 8x smaller than uint8
             }
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{key[:8]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-            os.replace(tmp, entry)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_entry(self._entry(key), **arrays)
 
     def get_or_compute(
         self,

@@ -25,7 +25,6 @@ Shapes: S view side, B images.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,15 +37,11 @@ from vice.data.augment import normalise_into, photometric
 from vice.data.batches import MaskCropBatch
 from vice.data.datasets.base import ImageSource
 from vice.data.image_io import UnreadableImageError
-from vice.data.mask_priors import compute_mask
+from vice.data.mask_priors import check_mask_prior, compute_mask
+from vice.data.substitution import SkipImageError, SubstitutingDataset
 from vice.data.two_crops import Crop, crop_view, random_resized_crop
 
-log = logging.getLogger(__name__)
-
 MIN_MASK, MAX_MASK = 0.01, 0.99  # a view's mask fraction must lie strictly between these
-
-_SUBSTITUTE = 1  # stream tags: generators of different purposes stay independent
-_VIEWS = 2
 
 
 class NoUsableMaskError(Exception):
@@ -123,66 +118,37 @@ def collate_mask_crops(items: list[dict[str, Any]]) -> MaskCropBatch:
     )
 
 
-class MaskCropDataset(torch.utils.data.Dataset):
+class MaskCropDataset(SubstitutingDataset):
     """Map-style data set indexed by (epoch, index) keys (a bare int means epoch 0).
 
-    An image that is unreadable, has no usable mask prior or no crop pair within bounds is
-    replaced by another one drawn from the key's own generator, and counted.
+    An image that is unreadable or has no usable mask prior is replaced by another one drawn
+    from the key's own generator and passed over for good; one whose crop pairs did not fit
+    is replaced for this key only (another key draws other crops). Both are counted.
     """
 
     collate = staticmethod(collate_mask_crops)
+    hint = "Check data.root and data.mask_prior (source, threshold, min_area)."
 
     def __init__(self, source: ImageSource, cfg: DataConfig) -> None:
-        if len(source) == 0:
-            raise ValueError(f"data set {type(source).__name__} is empty")
-        self.source = source
-        self.cfg = cfg
-        self.skipped_total = 0  # per process; batches carry their own count to the trainer
-        self._bad: set[int] = set()
+        super().__init__(source, cfg)
+        check_mask_prior(source, cfg)  # e.g. gt on a source without foreground: named
         self._cache = None
         if cfg.mask_prior.cache_dir:
             from vice.data.mask_cache import MaskCache
 
             self._cache = MaskCache(cfg.mask_prior.cache_dir)
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def _skip(self, index: int, why: str, ban: bool) -> None:
-        if ban:
-            self._bad.add(index)
-        self.skipped_total += 1
-        log.warning("skipping image %d (%d skipped so far): %s", index, self.skipped_total, why)
-
-    def __getitem__(self, key: Any) -> dict[str, Any]:
-        epoch, index = (0, int(key)) if np.isscalar(key) else (int(key[0]), int(key[1]))
-        seed = self.cfg.seed
-        current, skipped = index, 0
-        tries = self.cfg.max_resample * 4
-        for attempt in range(tries):
-            if current not in self._bad:
-                try:
-                    img = self.source.load_image(current)
-                    mask = compute_mask(self.source, current, img, self.cfg, self._cache)
-                    if mask is None:
-                        raise NoUsableMaskError(
-                            f"its mask prior covers less than {self.cfg.mask_prior.min_area:.0%}"
-                            " of the image"
-                        )
-                    rng = np.random.default_rng([seed, epoch, index, _VIEWS, current])
-                    sample = build_mask_crops(rng, img, mask, self.cfg)
-                except (UnreadableImageError, NoUsableMaskError) as err:
-                    skipped += 1
-                    # An unreadable image or an empty prior is the image's for good; a pair
-                    # of crops that did not fit is this key's draw only.
-                    self._skip(current, str(err), ban=not isinstance(err, CropsDidNotFitError))
-                else:
-                    return {"sample": sample, "key": (epoch, index), "index": current,
-                            "skipped": skipped}  # fmt: skip
-            sub = np.random.default_rng([seed, epoch, index, _SUBSTITUTE, attempt])
-            current = int(sub.integers(len(self.source)))
-        raise RuntimeError(
-            f"could not build a sample for index {index} (epoch {epoch}) after {tries} tries; "
-            f"{skipped} images skipped on the way (unreadable, or no usable mask prior). "
-            "Check data.root and data.mask_prior (source, threshold, min_area)."
-        )
+    def build(self, current: int, rng: np.random.Generator) -> MaskCropSample:
+        try:
+            img = self.source.load_image(current)
+        except UnreadableImageError as err:
+            raise SkipImageError(f"unreadable: {err}") from err
+        mask = compute_mask(self.source, current, img, self.cfg, self._cache)
+        if mask is None:
+            raise SkipImageError(
+                f"its mask prior covers less than {self.cfg.mask_prior.min_area:.0%} of the image"
+            )
+        try:
+            return build_mask_crops(rng, img, mask, self.cfg)
+        except CropsDidNotFitError as err:
+            raise SkipImageError(str(err), for_good=False) from err

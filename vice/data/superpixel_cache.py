@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vice.config import SuperpixelConfig
+from vice.data.npz_entries import entry_path, write_entry
 
 # Bumped whenever the superpixel computation changes output for the same parameters, so
 # entries written by an older version are never mistaken for current ones.
@@ -41,21 +41,17 @@ class SuperpixelCache:
         stat = os.stat(path)
         # cfg.method is one of the params: slic, opencv_slic, grid and gt never share entries.
         params = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
+        # This blob, not npz_entries.entry_key's: entries written by earlier versions of vice
+        # stay valid (tests/data/test_superpixel_cache.py::test_slic_keys_are_unchanged).
         blob = json.dumps(
-            [
-                ALGORITHM_VERSION,
-                str(Path(path).resolve()),
-                stat.st_size,
-                stat.st_mtime_ns,
-                list(shape),
-                params,
-            ],
+            [ALGORITHM_VERSION, str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns,
+             list(shape), params],
             sort_keys=True,
-        )
+        )  # fmt: skip
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _entry(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.npz"
+        return entry_path(self.directory, key)
 
     def load(self, key: str) -> np.ndarray | None:
         entry = self._entry(key)
@@ -67,18 +63,9 @@ class SuperpixelCache:
             return None
 
     def store(self, key: str, ids_HW: np.ndarray) -> None:
-        entry = self._entry(key)
-        entry.parent.mkdir(parents=True, exist_ok=True)
         # uint16 halves the size; SLIC at 20 px never comes near 65535 segments per image.
         small = ids_HW.astype(np.uint16) if ids_HW.max(initial=0) < 65535 else ids_HW
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{key[:8]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, ids=small)
-            os.replace(tmp, entry)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_entry(self._entry(key), ids=small)
 
     def get_or_compute(
         self,

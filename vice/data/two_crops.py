@@ -29,7 +29,6 @@ Shapes: S view side, B images.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +40,9 @@ import torch
 from vice.config import DataConfig, ViewConfig
 from vice.data.augment import color_jitter, gaussian_blur, grayscale, normalise_into
 from vice.data.batches import TwoCropBatch
-from vice.data.datasets.base import ImageSource
 from vice.data.image_io import UnreadableImageError
+from vice.data.substitution import SkipImageError, SubstitutingDataset
 from vice.data.views import resize_uint8
-
-log = logging.getLogger(__name__)
 
 MIN_OVERLAP = 0.01  # view 2 shares at least this fraction of its area with view 1
 ASPECT_RATIOS = (3 / 4, 4 / 3)  # RandomResizedCrop's default range
@@ -53,9 +50,6 @@ BLUR_PROBS = (1.0, 0.1)  # BYOL / SlotCon: view 1 always blurred, view 2 rarely
 SOLARIZE_PROBS = (0.0, 0.2)
 SOLARIZE_THRESHOLD = 128
 _CROP_TRIES = 10  # torchvision's RandomResizedCrop tries before its central fallback
-
-_SUBSTITUTE = 1  # stream tags: generators of different purposes stay independent
-_VIEWS = 2
 
 Crop = tuple[int, int, int, int]  # (x0, y0, w, h) in source pixels
 
@@ -195,7 +189,7 @@ def collate_two_crops(items: list[dict[str, Any]]) -> TwoCropBatch:
     )
 
 
-class TwoCropDataset(torch.utils.data.Dataset):
+class TwoCropDataset(SubstitutingDataset):
     """Map-style data set indexed by (epoch, index) keys (a bare int means epoch 0).
 
     An unreadable image is replaced by another one drawn from the key's own generator.
@@ -203,41 +197,9 @@ class TwoCropDataset(torch.utils.data.Dataset):
 
     collate = staticmethod(collate_two_crops)
 
-    def __init__(self, source: ImageSource, cfg: DataConfig) -> None:
-        if len(source) == 0:
-            raise ValueError(f"data set {type(source).__name__} is empty")
-        self.source = source
-        self.cfg = cfg
-        self.skipped_total = 0  # per process; batches carry their own count to the trainer
-        self._bad: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, key: Any) -> dict[str, Any]:
-        epoch, index = (0, int(key)) if np.isscalar(key) else (int(key[0]), int(key[1]))
-        seed = self.cfg.seed
-        current, skipped = index, 0
-        for attempt in range(self.cfg.max_resample * 4):
-            if current not in self._bad:
-                try:
-                    img = self.source.load_image(current)
-                except UnreadableImageError as err:
-                    self._bad.add(current)
-                    skipped += 1
-                    self.skipped_total += 1
-                    log.warning(
-                        "skipping unreadable image (%d skipped so far): %s", self.skipped_total, err
-                    )
-                else:
-                    rng = np.random.default_rng([seed, epoch, index, _VIEWS, current])
-                    sample = build_two_crops(rng, img, self.cfg)
-                    key_out = (epoch, index)
-                    return {"sample": sample, "key": key_out, "index": current, "skipped": skipped}
-            sub = np.random.default_rng([seed, epoch, index, _SUBSTITUTE, attempt])
-            current = int(sub.integers(len(self.source)))
-        raise RuntimeError(
-            f"could not read an image for index {index} (epoch {epoch}) after "
-            f"{self.cfg.max_resample * 4} tries; {skipped} unreadable images on the way. "
-            "Check data.root and the images it holds."
-        )
+    def build(self, current: int, rng: np.random.Generator) -> TwoCropSample:
+        try:
+            img = self.source.load_image(current)
+        except UnreadableImageError as err:
+            raise SkipImageError(f"unreadable: {err}") from err
+        return build_two_crops(rng, img, self.cfg)
