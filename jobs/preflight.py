@@ -403,3 +403,92 @@ def check_cluster(cfg: Config, partitions: dict[str, Partition]) -> list[str]:
             f"or trainer.checkpoint_minutes to at most {cl.time_min}",
         )
     return errors
+
+
+FEATURES_COMMAND = ("sinfo", "--noheader", "--Node", "--format=%N|%P|%f")
+
+
+def read_features() -> dict[str, set[str]]:
+    """Partition -> the node features (`sinfo %f`) any of its nodes has."""
+    proc = subprocess.run(FEATURES_COMMAND, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(FEATURES_COMMAND)} failed: {proc.stderr.strip()}")
+    features: dict[str, set[str]] = {}
+    for line in proc.stdout.splitlines():
+        if line.count("|") < 2:
+            continue
+        _, part, found = (x.strip() for x in line.split("|")[:3])
+        names = {f for f in found.split(",") if f and f != "(null)"}
+        features.setdefault(part.rstrip("*"), set()).update(names)
+    return features
+
+
+def check_constraint(cfg: Config, part: Partition, features: dict[str, set[str]]) -> list[str]:
+    """A `cluster.constraint` naming features no node of the partition has: SLURM would
+    refuse the job (or hold it forever)."""
+    if not cfg.cluster.constraint:
+        return []
+    have = features.get(part.name, set())
+    # a constraint expression: features joined by & | , and grouped by [ ] ( ), counts *N
+    wanted = {w for w in re.split(r"[&|,\[\]()]+", cfg.cluster.constraint) if w}
+    wanted = {w.split("*")[0] for w in wanted}
+    missing = sorted(wanted - have)
+    if not missing:
+        return []
+    return [
+        _message(
+            "cluster.constraint",
+            cfg.cluster.constraint,
+            f"no node of partition {part.name!r} has the feature(s) {missing}; "
+            f"its nodes have {sorted(have) or 'no features'}: use those, or null",
+        )
+    ]
+
+
+def _sbatch_key(stderr: str) -> str:
+    """The config key behind an `sbatch --test-only` refusal, as far as its text tells."""
+    option = re.search(r"(?:unrecognized|invalid) option '?--?([\w-]+)", stderr)
+    if option:
+        return f"cluster.additional.{option.group(1)}"
+    lowered = stderr.lower()
+    for words, key in (
+        (("feature",), "cluster.constraint"),
+        (("account",), "cluster.account"),
+        (("qos",), "cluster.qos"),
+        (("memory", "mem"), "cluster.mem_gb"),
+        (("time limit",), "cluster.time_min"),
+        (("partition",), "cluster.partition"),
+    ):
+        if any(w in lowered for w in words):
+            return key
+    return "cluster.additional"
+
+
+def check_sbatch(cfg: Config, part: Partition) -> list[str]:
+    """Both job scripts as the launcher will submit them, through `sbatch --test-only`
+    (SLURM validates every option, submits nothing). Written to a temporary directory, not
+    the run directory: nothing of the launch exists yet."""
+    from jobs.submit import plan_resources, render_script, sbatch_parameters
+
+    res = plan_resources(cfg, part)
+    with tempfile.TemporaryDirectory(prefix="vice-sbatch-test-") as tmp:
+        for stage in ("pretrain", "eval"):  # (the eval's dependency is the launcher's own)
+            params = sbatch_parameters(cfg, res, Path(tmp) / "run", Path(tmp) / "code", stage)
+            script = Path(tmp) / f"{stage}.sh"
+            script.write_text(render_script(Path(tmp) / "run", params))
+            proc = subprocess.run(
+                ["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60
+            )
+            if proc.returncode == 0:
+                continue
+            said = " ".join(proc.stderr.strip().splitlines()[-2:]) or f"exit {proc.returncode}"
+            key = _sbatch_key(proc.stderr)
+            if key.startswith("cluster.additional."):
+                value = cfg.cluster.additional.get(key.rsplit(".", 1)[1])
+            elif key == "cluster.additional":
+                value = dict(cfg.cluster.additional)
+            else:
+                value = getattr(cfg.cluster, key.split(".", 1)[1], None)
+            fix = f"sbatch refuses the {stage} job's options ({said}); fix or remove it"
+            return [_message(key, value, fix)]  # the eval job shares them: one message
+    return []

@@ -244,32 +244,56 @@ def test_dry_run_prints_scripts_and_submits_nothing(cluster, tmp_path):
     assert _our_jobs(tmp_path) == []
 
 
-@pytest.mark.parametrize(
-    ("overrides", "errors"),
-    [
-        (["cluster.partition=nope"],
-         ["invalid config value cluster.partition='nope': no such partition; "
-          "set one of ['batch', 'urgent'] (or null for the default, 'batch')"]),
-        (["trainer.nodes=3", "trainer.gpus_per_node=3", "cluster.time_min=5"],
-         ["invalid config value trainer.nodes=3: partition 'batch' has 2 nodes; "
-          "set trainer.nodes to at most 2 or pick another cluster.partition",
-          "invalid config value trainer.gpus_per_node=3: the nodes of partition 'batch' have "
-          "at most 2 CPUs and no GPUs (one process per CPU at most); "
-          "set trainer.gpus_per_node to at most 2",
-          "invalid config value cluster.time_min=5: shorter than one checkpoint interval "
-          "(trainer.checkpoint_minutes=30), the job would end before its first checkpoint; "
-          "set cluster.time_min to at least 30 or trainer.checkpoint_minutes to at most 5"]),
-        (["data=coco", "data.root=/nonexistent/coco"],
-         ["COCO data set at '/nonexistent/coco'"]),
-        (["hydra.sweep.dir=/proc/vice/sweep"],
-         ["invalid config value hydra.sweep.dir='/proc/vice/sweep': cannot write in /proc"]),
-    ],
-    ids=["unknown-partition", "nodes-processes-time", "data-root", "output-dir"],
-)  # fmt: skip
-def test_preflight_errors_submit_nothing(cluster, tmp_path, overrides, errors):
-    proc = _launch(tmp_path, "experiment=smoke", *overrides)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
+# The bad-input table of `-m` against the real cluster: (overrides, exit code of the class
+# (jobs/exit_codes.py: 2 config, 3 environment, 4 data, 5 cluster), the lines that name it).
+BAD_INPUT = {
+    "nan-lr": (["optim.lr=nan"], 2, ["invalid config value optim.lr=nan: must be a finite"]),
+    "appended-unknown-key": (["+trainer.foo=1"], 2, ["trainer.foo"]),
+    "method-setting": (["experiment=slotcon_smoke", "data.masking.enabled=true"], 2,
+                       ["data.masking.enabled=True: slotcon does not mask"]),
+    "tracking-scheme": (["tracking.uri=ftp://host/x"], 3, ["tracking.uri='ftp://host/x'"]),
+    "data-root": (["data=coco", "data.root=/nonexistent/coco"], 4,
+                  ["COCO data set at '/nonexistent/coco'"]),
+    "saliency-dir": (["experiment=maskcontrast_smoke", "data.mask_prior.source=files"], 4,
+                     ["data.mask_prior.source='files': data.dataset='synthetic' is procedural"]),
+    "unknown-partition": (["cluster.partition=nope"], 5,
+        ["invalid config value cluster.partition='nope': no such partition; "
+         "set one of ['batch', 'urgent'] (or null for the default, 'batch')"]),
+    "nodes-processes-time": (
+        ["trainer.nodes=3", "trainer.gpus_per_node=3", "cluster.time_min=5"], 5,
+        ["invalid config value trainer.nodes=3: partition 'batch' has 2 nodes; "
+         "set trainer.nodes to at most 2 or pick another cluster.partition",
+         "invalid config value trainer.gpus_per_node=3: the nodes of partition 'batch' have "
+         "at most 2 CPUs and no GPUs (one process per CPU at most); "
+         "set trainer.gpus_per_node to at most 2",
+         "invalid config value cluster.time_min=5: shorter than one checkpoint interval "
+         "(trainer.checkpoint_minutes=30), the job would end before its first checkpoint; "
+         "set cluster.time_min to at least 30 or trainer.checkpoint_minutes to at most 5"],
+    ),
+    "constraint": (["cluster.constraint=a100"], 5,
+        ["invalid config value cluster.constraint='a100': no node of partition 'batch' has the "
+         "feature(s) ['a100']"]),
+    "sbatch-option": (["+cluster.additional.bogus-opt=1"], 5,
+        ["invalid config value cluster.additional.bogus-opt=1: sbatch refuses the pretrain "
+         "job's options (sbatch: unrecognized option '--bogus-opt=1'"]),
+    "output-dir": (["hydra.sweep.dir=/proc/vice/sweep"], 3,
+        ["invalid config value hydra.sweep.dir='/proc/vice/sweep': cannot write in /proc"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_exits_with_its_class_and_leaves_nothing(cluster, tmp_path, case):
+    overrides, code, errors = BAD_INPUT[case]
+    queued_before = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
+    recipe = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=smoke"]
+    proc = _launch(tmp_path, *recipe, *overrides)
+    assert proc.returncode == code, proc.stdout + proc.stderr
     for error in errors:
         assert error in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert "pretrain job:" not in proc.stdout
     assert _our_jobs(tmp_path) == []
+    queued = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
+    assert len(queued.splitlines()) <= len(queued_before.splitlines())
+    # no sweep directory, no MLflow store, nothing else in the launch directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -93,7 +93,7 @@ def test_more_nodes_without_m_are_refused_before_anything_is_written(tmp_path):
 
 def test_unusable_init_weights_fail_before_anything_is_written(tmp_path):
     proc = _launch(tmp_path, f"model.init_weights={tmp_path}/nope.pt")
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 4, proc.stderr  # a data error (jobs/exit_codes.py)
     assert f"model.init_weights='{tmp_path}/nope.pt': no such file" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
     run = tmp_path / "run"
@@ -114,7 +114,7 @@ def test_missing_root_names_the_key(tmp_path):
 
 def test_wrong_data_root_fails_before_anything_is_written(tmp_path):
     proc = _launch(tmp_path, "data=coco", f"data.root={tmp_path}/nothere")
-    assert proc.returncode == 2
+    assert proc.returncode == 4  # a data error
     assert f"COCO data set at '{tmp_path}/nothere'" in proc.stderr
     assert "Expected layout" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
@@ -136,7 +136,7 @@ def test_crashing_fast_slic_fails_before_anything_is_written(tmp_path):
     (fake / "avx2.py").write_text("raise ImportError('no AVX2 build')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(ROOT)])}
     proc = _launch(tmp_path, "experiment=smoke", env=env)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 4, proc.stderr
     assert (
         "invalid config value data.superpixels.method='slic': fast-slic crashed with SIGSEGV "
         "on a 48x48 image" in proc.stderr
@@ -181,3 +181,40 @@ def test_ctrl_c_saves_and_the_same_run_dir_continues(tmp_path):
     again = _launch(tmp_path, *overrides)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resumed from" in again.stdout and (run / "model_final.pt").exists()
+
+
+# The bad-input table of a local run: (overrides, exit code of the class (jobs/exit_codes.py:
+# 2 config, 3 environment, 4 data), a line that names the key or file). The `-m` table runs
+# against the real cluster: tests/cluster/test_slurm_launch.py::BAD_INPUT.
+LOCAL_BAD_INPUT = {
+    "inf-lr": (["optim.lr=inf"], 2, "invalid config value optim.lr=inf: must be a finite"),
+    "appended-unknown-key": (["+trainer.foo=1"], 2, "trainer.foo"),
+    "method-setting": (["method=maskcontrast", "data.views.crop_scale_max=1.5"], 2,
+                       "data.views.crop_scale_max=1.5: maskcontrast's crops cover"),
+    "cuda-without-gpu": (["trainer.device=cuda"], 3, "trainer.device='cuda'"),
+    "tracking-scheme": (["tracking.uri=ftp://host/x"], 3, "tracking.uri='ftp://host/x'"),
+    "voc-root": (["experiment=maskcontrast_voc", "data.root=/nonexistent/VOC2012"], 4,
+                 "PASCAL VOC"),
+    "mask-prior-on-folder": (
+        ["method=maskcontrast", "data=folder", "data.root=.", "eval.enabled=false"], 4,
+        "data.mask_prior.source='gt': data.dataset='folder' has no"),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(LOCAL_BAD_INPUT))
+def test_bad_input_exits_with_its_class_and_writes_nothing(tmp_path, case):
+    overrides, code, line = LOCAL_BAD_INPUT[case]
+    if case == "mask-prior-on-folder":  # a folder with one image
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = _launch(tmp_path, *overrides)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert line in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    names = {2: "config error: ", 3: "environment error: ", 4: "data error: "}
+    assert proc.stderr.startswith(names[code]), proc.stderr  # its class, then the message
+    # no run directory, no outputs/, no MLflow store
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -49,7 +49,7 @@ def test_hydra_discovers_the_plugin(tmp_path):
 def test_without_sbatch_multirun_says_how_to_get_a_cluster(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path / "empty")}
     proc = _launch(tmp_path, "-m", "trainer.nodes=2", f"hydra.sweep.dir={tmp_path}/sweep", env=env)
-    assert proc.returncode == 2
+    assert proc.returncode == 5  # a cluster error (jobs/exit_codes.py)
     assert NO_SBATCH in proc.stderr
     assert "sudo python3 tools/slurm_cluster.py up --nodes 2" in proc.stderr
     assert "python jobs/launch.py <the same overrides, without -m>" in proc.stderr
@@ -92,6 +92,11 @@ def fake_cluster(tmp_path):
     (bin_dir / "sinfo").write_text(f"#!/bin/sh\nprintf '%s' '{CPU_SINFO}'\n")
     for name in ("sbatch", "srun", "squeue", "sacct", "scancel"):
         (bin_dir / name).write_text(f"#!/bin/sh\necho called >> {tmp_path}/{name}.called\nexit 1\n")
+    # `sbatch --test-only` (the preflight's check of the job scripts) accepts and submits nothing
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\nif [ "$1" = --test-only ]; then echo "$2" >> {tmp_path}/sbatch.tested; '
+        f"exit 0; fi\necho called >> {tmp_path}/sbatch.called\nexit 1\n"
+    )
     for path in bin_dir.iterdir():
         path.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -111,6 +116,10 @@ def test_dry_run_of_a_sweep_through_hydra(tmp_path, fake_cluster):
     assert out.rstrip().endswith("dry run: nothing was submitted, nothing was written")
     assert not (tmp_path / "sweep").exists()  # not even multirun.yaml
     assert not (tmp_path / "sbatch.called").exists()
+    # each point's two scripts went through sbatch --test-only, from a temporary directory
+    tested = (tmp_path / "sbatch.tested").read_text().split()
+    assert len(tested) == 4 and all("vice-sbatch-test-" in t for t in tested)
+    assert not any(Path(t).exists() for t in tested)
 
 
 def test_preflight_error_through_hydra_submits_nothing(tmp_path, fake_cluster):
@@ -118,7 +127,7 @@ def test_preflight_error_through_hydra_submits_nothing(tmp_path, fake_cluster):
         tmp_path, "-m", "experiment=smoke", "trainer.nodes=1,3",
         f"hydra.sweep.dir={tmp_path}/sweep", env=fake_cluster,
     )  # fmt: skip
-    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.returncode == 5, proc.stdout + proc.stderr  # a cluster error
     assert proc.stderr.splitlines() == [
         "preflight error in #1 (experiment=smoke trainer.nodes=3): invalid config value "
         "trainer.nodes=3: partition 'batch' has 2 nodes; set trainer.nodes to at most 2 or "
@@ -135,7 +144,7 @@ def test_unwritable_sweep_dir_is_refused_before_hydra_creates_it(tmp_path, fake_
         tmp_path, "-m", "experiment=smoke", f"hydra.sweep.dir={tmp_path}/afile/sweep",
         env=fake_cluster,
     )  # fmt: skip
-    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # an environment error
     assert proc.stderr.strip() == (
         f"preflight error: invalid config value hydra.sweep.dir='{tmp_path}/afile/sweep': "
         f"{tmp_path}/afile is not a directory; set hydra.sweep.dir to a writable directory "

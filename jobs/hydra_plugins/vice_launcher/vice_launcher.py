@@ -77,13 +77,13 @@ class SubmitChecks(Callback):
         if not _is_ours(config):
             return  # e.g. hydra/launcher=basic: a local sweep, no SLURM needed
         if shutil.which("sbatch") is None:
-            _exit([NO_SBATCH])
+            _exit([NO_SBATCH], code=5)
         from jobs.preflight import check_output_dir
 
         try:
             check_output_dir(str(config.hydra.sweep.dir), "hydra.sweep.dir")
         except ValueError as err:
-            _exit([f"preflight error: {err}"])
+            _exit([f"preflight error: {err}"], code=3)  # an environment error
         existing = Path(str(config.hydra.sweep.dir)).absolute()
         while not existing.exists():
             existing = existing.parent
@@ -129,7 +129,18 @@ class ViceSlurmLauncher(SlurmLauncher):
 
     def _compose(self, job_overrides: Sequence[Sequence[str]], first: int) -> list[_Point]:
         """Every point's typed config and run dir; exits listing all errors if any fails."""
-        from jobs.preflight import check_cluster, check_data, check_tracking, read_sinfo
+        from jobs import exit_codes
+        from jobs.preflight import (
+            check_cluster,
+            check_constraint,
+            check_data,
+            check_sbatch,
+            check_tracking,
+            read_features,
+            read_sinfo,
+            resolve_partition,
+        )
+        from jobs.run_checks import LaunchRefusedError, refused_as
         from vice.hydra_schema import to_config
 
         assert self.config is not None and self.hydra_context is not None
@@ -139,9 +150,11 @@ class ViceSlurmLauncher(SlurmLauncher):
         except (OSError, RuntimeError, subprocess.SubprocessError) as err:
             _exit(
                 [f"cannot read the cluster's partitions: {err}", SINFO_HINT],
+                code=5,
                 sweep_dir=Path(str(self.config.hydra.sweep.dir)).absolute(),
             )
-        points, errors = [], []
+        points, errors = [], []  # errors: (exit code, line)
+        features: dict[str, set[str]] | None = None  # sinfo's node features, read on demand
         original = HydraConfig.instance().cfg
         try:
             for num, overrides in enumerate(job_overrides, start=first):
@@ -161,15 +174,26 @@ class ViceSlurmLauncher(SlurmLauncher):
                 task = list(filter_overrides(overrides))
                 label = " ".join(task)
                 where = f"#{num} ({label})" if len(job_overrides) > 1 else ""
+                at = f" in {where}" if where else ""
                 try:
-                    cfg = to_config(task_cfg)
-                    check_tracking(cfg)
-                    check_data(cfg)
-                except ValueError as err:
-                    errors.append(f"config error{' in ' + where if where else ''}: {err}")
+                    with refused_as(exit_codes.CONFIG):
+                        cfg = to_config(task_cfg)
+                    with refused_as(exit_codes.ENVIRONMENT):
+                        check_tracking(cfg)
+                    with refused_as(exit_codes.DATA):
+                        check_data(cfg)
+                except LaunchRefusedError as err:
+                    errors.append((err.code, f"{exit_codes.NAMES[err.code]}{at}: {err}"))
                     continue
-                for problem in check_cluster(cfg, partitions):
-                    errors.append(f"preflight error{' in ' + where if where else ''}: {problem}")
+                problems = check_cluster(cfg, partitions)
+                if not problems:  # the job fits the partition: would SLURM take its options?
+                    part = resolve_partition(cfg.cluster.partition, partitions)
+                    if cfg.cluster.constraint:
+                        features = features if features is not None else read_features()
+                        problems = check_constraint(cfg, part, features)
+                    problems = problems or check_sbatch(cfg, part)
+                for problem in problems:
+                    errors.append((exit_codes.CLUSTER, f"preflight error{at}: {problem}"))
                 ret = JobReturn(
                     overrides=list(overrides),
                     cfg=task_cfg,
@@ -182,8 +206,9 @@ class ViceSlurmLauncher(SlurmLauncher):
         finally:
             HydraConfig.instance().cfg = original
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        if errors:
-            _exit([*errors, "nothing was submitted"], sweep_dir=sweep_dir)
+        if errors:  # the exit code of the first mistake's class (jobs/exit_codes.py)
+            lines = [text for _, text in errors]
+            _exit([*lines, "nothing was submitted"], code=errors[0][0], sweep_dir=sweep_dir)
         modes = {(p.cfg.launch.wait, p.cfg.launch.dry_run) for p in points}
         if len(modes) > 1:
             _exit(
@@ -198,7 +223,7 @@ class ViceSlurmLauncher(SlurmLauncher):
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         if shutil.which("sbatch") is None:  # also checked earlier by SubmitChecks
-            _exit([NO_SBATCH])
+            _exit([NO_SBATCH], code=5)
         assert self.config is not None
         points = self._compose(job_overrides, initial_job_idx)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
