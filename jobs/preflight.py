@@ -187,8 +187,14 @@ def check_data(config: Config) -> None:
 
         build_backbone(config.model.backbone, config.model.output_stride, config.model.init_weights)
     if config.eval.enabled:
+        from vice.eval.scan import scan_eval_split
+
         split = config.data.eval_split
-        _naming("data.eval_split", lambda: build_source(config.data, split=split, labels=True))
+        source = _naming(
+            "data.eval_split", lambda: build_source(config.data, split=split, labels=True)
+        )
+        # a few evenly spread images and labels: unreadable, wrong sizes, no valid class
+        scan_eval_split(source, config.eval.max_images)
         if config.eval.linear:
             split = config.eval.linear_train_split
             _naming(

@@ -477,9 +477,12 @@ def evaluate(
     if num_classes is None:
         raise ValueError(f"{type(source_eval).__name__} has no labels: it cannot be evaluated")
     t0 = time.perf_counter()
+    skipped: list[str] = []  # images or labels unreadable since the launch's check
     eval_split = _EvalSplit(
-        *load_eval_set_with_instances(source_eval, cfg.image_size, cfg.max_images)
+        *load_eval_set_with_instances(source_eval, cfg.image_size, cfg.max_images, skipped)
     )
+    for reason in skipped:
+        log.warning("eval image skipped: %s", reason)
     feats_eval = features_fn(eval_split.images_NSS3)
     masks = None
     if model is not None and hasattr(model, "foreground"):
@@ -497,7 +500,9 @@ def evaluate(
                 f"the eval split {num_classes}"
             )
         train_split = _EvalSplit(
-            *load_eval_set_with_instances(source_train, cfg.image_size, cfg.linear_train_images)
+            *load_eval_set_with_instances(
+                source_train, cfg.image_size, cfg.linear_train_images, skipped
+            )
         )
         feats_train = features_fn(train_split.images_NSS3)
     elif cfg.linear:
@@ -510,6 +515,9 @@ def evaluate(
     metrics = _header(
         len(eval_split.images_NSS3), num_classes, cfg.image_size, source_eval.class_names
     )
+    metrics["skipped_images"] = len(skipped)
+    if skipped:
+        metrics["skipped"] = skipped[:10]
     scored, figure_c, figure_pred, linear_pred = _score(
         feats_eval,
         eval_split.labels_NSS,
@@ -522,7 +530,7 @@ def evaluate(
         masks=masks,
     )
     metrics.update(scored)
-    if masks is not None and source_eval.has_foreground:
+    if masks is not None and source_eval.has_foreground and not skipped:
         truth = load_eval_foreground(source_eval, cfg.image_size, cfg.max_images)
         metrics["saliency.iou"] = foreground_iou(masks.foreground_NSS, truth)
         metrics["saliency.fg_fraction"] = float(masks.foreground_NSS.mean())

@@ -72,7 +72,7 @@ def load_eval_set(
 
 
 def load_eval_set_with_instances(
-    source: ImageSource, image_size: int, max_images: int = 0
+    source: ImageSource, image_size: int, max_images: int = 0, skipped: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """`load_eval_set`, plus the ground-truth instance maps where the source has them.
 
@@ -80,8 +80,11 @@ def load_eval_set_with_instances(
         images_NSS3, labels_NSS: As `load_eval_set`.
         instances_NSS: int64 instance ids, resized (nearest) and cropped exactly like the
             labels; None when the source has no instance maps (`source.has_instances`).
+
+    With a `skipped` list, images or label maps that cannot be read are left out and their
+    reasons appended to it (else they raise).
     """
-    return _load(source, image_size, max_images, instances=source.has_instances)
+    return _load(source, image_size, max_images, source.has_instances, skipped)
 
 
 def load_eval_foreground(source: ImageSource, image_size: int, max_images: int = 0) -> np.ndarray:
@@ -97,10 +100,19 @@ def load_eval_foreground(source: ImageSource, image_size: int, max_images: int =
 
 
 def _load(
-    source: ImageSource, image_size: int, max_images: int, instances: bool
+    source: ImageSource,
+    image_size: int,
+    max_images: int,
+    instances: bool,
+    skipped: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     # One pass over the images: a procedural source generates image, label and instances of
-    # an index together and keeps only the last index.
+    # an index together and keeps only the last index. An image or label map that cannot be
+    # read is skipped (its reason appended to `skipped`; without that list it is an error);
+    # a label map of another size than its image is always an error, never resized.
+    from vice.data.image_io import UnreadableImageError
+    from vice.eval.scan import check_label_size
+
     if not source.has_labels:
         raise ValueError(
             f"{type(source).__name__} has no labels: evaluation needs a labelled split"
@@ -113,11 +125,19 @@ def _load(
     images_NSS3 = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     labels_NSS = np.empty((n, image_size, image_size), dtype=np.int64)
     instances_NSS = np.empty((n, image_size, image_size), dtype=np.int64) if instances else None
+    k = 0  # images kept
     for i in range(n):
-        img, label = source.load_image(i), source.load_label(i)
+        try:
+            img, label = source.load_image(i), source.load_label(i)
+        except UnreadableImageError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+            continue
+        check_label_size(source, i, img.shape[:2], label.shape)
         img, lab = _resize_short_side(img, label, image_size)
-        images_NSS3[i] = _center_crop(img, image_size)
-        labels_NSS[i] = _center_crop(lab, image_size)
+        images_NSS3[k] = _center_crop(img, image_size)
+        labels_NSS[k] = _center_crop(lab, image_size)
         if instances_NSS is not None:
             ids = source.load_instances(i)
             if ids.shape != label.shape:
@@ -126,8 +146,13 @@ def _load(
                     f"map {label.shape} differ in size"
                 )
             ids = _resize_ids(ids, *_short_side_shape(*label.shape, image_size))
-            instances_NSS[i] = _center_crop(ids, image_size)
-    return images_NSS3, labels_NSS, instances_NSS
+            instances_NSS[k] = _center_crop(ids, image_size)
+        k += 1
+    if k == 0:
+        raise ValueError(f"none of the {n} evaluation images could be read: {skipped[:3]}")
+    if instances_NSS is not None:
+        instances_NSS = instances_NSS[:k]
+    return images_NSS3[:k], labels_NSS[:k], instances_NSS
 
 
 @torch.no_grad()

@@ -58,6 +58,10 @@ class ImageSource(ABC):
     def has_labels(self) -> bool:
         return self.num_classes is not None
 
+    def label_path(self, index: int) -> Path | None:
+        """The file behind the label map of image `index`, or None (procedural or none)."""
+        return None
+
     def load_label(self, index: int) -> np.ndarray:
         """Label map (H, W) int64 with ids in [0, num_classes) or IGNORE_INDEX."""
         raise NotImplementedError(f"{type(self).__name__} has no labels for this split")

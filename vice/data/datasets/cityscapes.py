@@ -141,6 +141,9 @@ class CityscapesSource(ImageSource):
     def load_image(self, index: int) -> np.ndarray:
         return load_rgb(self._images[index])
 
+    def label_path(self, index: int) -> Path | None:
+        return self._labels[index] if self.has_labels else None
+
     def load_label(self, index: int) -> np.ndarray:
         """27-class label map (H, W) int64; void and unknown ids are IGNORE_INDEX."""
         if not self.has_labels:

@@ -231,6 +231,9 @@ class CocoSource(ImageSource):
     def load_image(self, index: int) -> np.ndarray:
         return load_rgb(self._images[index])
 
+    def label_path(self, index: int) -> Path | None:
+        return self._labels[index] if self.has_labels else None
+
     def load_label(self, index: int) -> np.ndarray:
         """COCO-Stuff-27 label map (H, W) int64; unlabeled pixels are IGNORE_INDEX."""
         if not self.has_labels:
