@@ -144,9 +144,12 @@ def check_environment(config: Config, run_dir: str | Path | None = None) -> None
         )
     if run_dir is not None:
         check_output_dir(run_dir, "hydra.run.dir")
-    cache = config.data.superpixels.cache_dir
-    if cache:
-        check_output_dir(cache, "data.superpixels.cache_dir")
+    for key, cache in (
+        ("data.superpixels.cache_dir", config.data.superpixels.cache_dir),
+        ("data.mask_prior.cache_dir", config.data.mask_prior.cache_dir),
+    ):
+        if cache:
+            check_output_dir(cache, key)
     check_tracking(config)
 
 

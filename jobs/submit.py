@@ -153,9 +153,10 @@ def make_paths_absolute(cfg: Config, base: Path) -> None:
     cfg.tracking.uri = absolute_tracking_uri(cfg.tracking.uri, base)
     if cfg.data.root and not Path(cfg.data.root).is_absolute():
         cfg.data.root = str((base / cfg.data.root).resolve())
-    cache = cfg.data.superpixels.cache_dir
-    if cache and not Path(cache).is_absolute():
-        cfg.data.superpixels.cache_dir = str((base / cache).resolve())
+    for caches in (cfg.data.superpixels, cfg.data.mask_prior):
+        if caches.cache_dir and not Path(caches.cache_dir).is_absolute():
+            caches.cache_dir = str((base / caches.cache_dir).resolve())
+    # data.mask_prior.directory needs nothing: relative, it is read under data.root
     if cfg.model.init_weights and not Path(cfg.model.init_weights).is_absolute():
         cfg.model.init_weights = str((base / cfg.model.init_weights).resolve())
 

@@ -88,9 +88,13 @@ def test_absolute_paths(tmp_path):
     assert uri("mlruns", base) == f"{base}/mlruns"
     assert uri("file:./mlruns", base) == f"file:{base}/mlruns"
     cfg = to_config({"data": {"dataset": "coco", "root": "data/coco"}})
+    cfg.data.superpixels.cache_dir, cfg.data.mask_prior.cache_dir = "sp", "/abs/masks"
     submit.make_paths_absolute(cfg, base)
     assert cfg.data.root == f"{base}/data/coco"
     assert cfg.tracking.uri == f"sqlite:///{base}/mlflow.db"
+    assert cfg.data.superpixels.cache_dir == f"{base}/sp"
+    assert cfg.data.mask_prior.cache_dir == "/abs/masks"
+    assert cfg.data.mask_prior.directory == "saliency"  # read under data.root
 
 
 def _chain(tmp_path, num=0, eval_id="11"):
