@@ -185,6 +185,16 @@ def check_data(config: Config) -> None:
         check_mask_prior(build_source(config.data), config.data)
     else:
         build_source(config.data)
+    grid = config.data.views.superpixel_grid
+    if grid.kind != "none":  # SuperpixelGrid* computes fast-slic superpixels of every view
+        problem = slic_problem()
+        if problem:
+            raise _fail(
+                "data.views.superpixel_grid.kind", grid.kind,
+                f"it computes superpixels of every view with fast-slic, which {problem} under "
+                f"{sys.executable}; rebuild it there ({FAST_SLIC_REINSTALL}) or set "
+                "data.views.superpixel_grid.kind=none",
+            )  # fmt: skip
     if config.model.init_weights:  # missing file, wrong architecture: named, before any write
         from vice.models.backbones import build_backbone
 

@@ -70,6 +70,27 @@ class SuperpixelConfig:
 
 
 @dataclass
+class SuperpixelGridConfig:
+    """SuperpixelGridCut / Mean / Mix on every view (Hammoudi et al., arXiv 2204.08458);
+    vice.data.superpixel_grid applies it. Off by default."""
+
+    # A key of vice.data.superpixel_grid.KINDS: none (off), cut (chosen superpixels black),
+    # mean (their mean colour), mix (their pixels from a partner image of the data set).
+    kind: str = "none"
+    ratio: float = 0.2  # r: fraction of the view's superpixels replaced, in (0, 1)
+    count: int = 100  # q: about this many SLIC superpixels per view (>= 2)
+
+    def validate(self, prefix: str = "data.views.superpixel_grid") -> None:
+        from vice.data.superpixel_grid import KINDS  # the registry itself (lazy: cv2)
+
+        check_name(f"{prefix}.kind", self.kind, KINDS)
+        _check_range(f"{prefix}.ratio", self.ratio)  # finite
+        if not 0.0 < self.ratio < 1.0:
+            raise _fail(f"{prefix}.ratio", self.ratio, "must be in (0, 1)")
+        _check_range(f"{prefix}.count", self.count, 2)
+
+
+@dataclass
 class ViewConfig:
     """ViCE view sampling and photometric augmentation (defaults: methods.md section 1)."""
 
@@ -96,6 +117,8 @@ class ViewConfig:
     blur_sigma_max: float = 2.0
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # ImageNet
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # Superpixel-grid augmentation of every view, before its photometric augmentation.
+    superpixel_grid: SuperpixelGridConfig = field(default_factory=SuperpixelGridConfig)
 
     def validate(self, prefix: str = "data.views") -> None:
         _check_range(f"{prefix}.short_side", self.short_side, 16)
@@ -122,6 +145,7 @@ class ViewConfig:
                 raise _fail(f"{prefix}.{name}", values, "a list of 3 numbers (R, G, B)")
         if min(self.std) <= 0:
             raise _fail(f"{prefix}.std", list(self.std), "every entry must be > 0")
+        self.superpixel_grid.validate(f"{prefix}.superpixel_grid")
 
 
 @dataclass
@@ -451,6 +475,10 @@ class EvalConfig:
     linear_lr: float = 0.01
     linear_batch_pixels: int = 65_536
     batch_size: int = 8  # images per forward pass
+    # Positional-bias and coupling probes (vice.eval.probes), where instance maps exist;
+    # coupling runs the network on up to probe_regions images with one region kept each.
+    probes: bool = True
+    probe_regions: int = 256
     figure_rows: int = 4
     seed: int = 0
     floors: FloorsConfig = field(default_factory=FloorsConfig)
@@ -472,6 +500,7 @@ class EvalConfig:
         _check_range(f"{prefix}.linear_lr", self.linear_lr, 0.0, lo_open=True)
         _check_range(f"{prefix}.linear_batch_pixels", self.linear_batch_pixels, 1)
         _check_range(f"{prefix}.batch_size", self.batch_size, 1)
+        _check_range(f"{prefix}.probe_regions", self.probe_regions, 1)
         _check_range(f"{prefix}.figure_rows", self.figure_rows, 1)
         self.floors.validate(f"{prefix}.floors")
 

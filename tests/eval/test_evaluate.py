@@ -161,6 +161,13 @@ def test_floors_are_scored_on_the_same_images_with_margins(tmp_path, stand_in_mo
             assert 0.0 <= metrics[prefix + key] <= 1.0, prefix + key
         assert metrics[prefix + "region.nn_chance"] == metrics["region.nn_chance"]
     assert "floors.chance.clustering.8.iou_per_class" not in metrics  # lists: network only
+    # the probes (vice.eval.probes), for the network and every floor; coupling where the
+    # floor is a function of the image: raw colour's pixels ignore their surroundings
+    assert metrics["probe.regions"] == metrics["floors.raw_colour.probe.regions"] > 0
+    assert 0.0 < metrics["probe.coupling"] <= 1.0 + 1e-9
+    assert metrics["floors.raw_colour.probe.coupling"] == pytest.approx(1.0, abs=1e-12)
+    assert metrics["floors.chance.probe.coupling"] is None  # NaN in JSON: not probed
+    assert all(f"floors.{n}.probe.position_r2" in metrics for n in names)
     for key in (
         "clustering.8.miou",
         "clustering.16.miou",

@@ -39,6 +39,7 @@ from vice.data.datasets.base import ImageSource
 from vice.data.image_io import UnreadableImageError
 from vice.data.mask_priors import check_mask_prior, compute_mask
 from vice.data.substitution import SkipImageError, SubstitutingDataset
+from vice.data.superpixel_grid import apply_superpixel_grid, grid_partner
 from vice.data.two_crops import Crop, crop_view, random_resized_crop
 
 MIN_MASK, MAX_MASK = 0.01, 0.99  # a view's mask fraction must lie strictly between these
@@ -69,10 +70,15 @@ def crop_mask(mask_HW: np.ndarray, crop: Crop, size: int, flip: bool) -> np.ndar
 
 
 def build_mask_crops(
-    rng: np.random.Generator, img_HW3: np.ndarray, mask_HW: np.ndarray, cfg: DataConfig
+    rng: np.random.Generator,
+    img_HW3: np.ndarray,
+    mask_HW: np.ndarray,
+    cfg: DataConfig,
+    partner_HW3: np.ndarray | None = None,
 ) -> MaskCropSample:
     """The two views of an image and its mask (draws: up to max_resample pairs of (crop,
-    flip) x 2, then view 1's and view 2's photometric augmentation)."""
+    flip) x 2, then view 1's and view 2's superpixel-grid and photometric augmentation).
+    `partner_HW3`: GridMix's S x S partner view."""
     vcfg = cfg.views
     size = vcfg.view_size
     height, width = mask_HW.shape
@@ -94,7 +100,9 @@ def build_mask_crops(
         )
     views = torch.empty((2, 3, size, size), dtype=torch.float32)
     for v, (crop, flip) in enumerate(zip(crops, flips, strict=True)):
-        view = photometric(rng, crop_view(img_HW3, crop, size, flip), vcfg)
+        view = crop_view(img_HW3, crop, size, flip)
+        view = apply_superpixel_grid(rng, view, vcfg.superpixel_grid, partner_HW3)  # pixels only
+        view = photometric(rng, view, vcfg)
         normalise_into(views[v], view, vcfg.mean, vcfg.std)
     return MaskCropSample(
         views_2CSS=views,
@@ -149,6 +157,7 @@ class MaskCropDataset(SubstitutingDataset):
                 f"its mask prior covers less than {self.cfg.mask_prior.min_area:.0%} of the image"
             )
         try:
-            return build_mask_crops(rng, img, mask, self.cfg)
+            partner = grid_partner(self.source, rng, current, self.cfg.views)  # None unless mix
+            return build_mask_crops(rng, img, mask, self.cfg, partner)
         except CropsDidNotFitError as err:
             raise SkipImageError(str(err), for_good=False) from err

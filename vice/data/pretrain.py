@@ -20,6 +20,7 @@ from vice.data.image_io import UnreadableImageError
 from vice.data.regions import check_regions, compute_regions
 from vice.data.sample import ViceSample, build_views
 from vice.data.superpixel_cache import SuperpixelCache
+from vice.data.superpixel_grid import grid_partner
 from vice.data.views import standardise
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,10 @@ class ViceDataset(torch.utils.data.Dataset):
     ) -> ViceSample | None:
         for attempt in range(self.cfg.max_resample):
             rng = np.random.default_rng([self.cfg.seed, epoch, index, _VIEWS, current, attempt])
-            sample = build_views(rng, img, ids, self.cfg, self.keep_debug)
+            # GridMix's partner view (None, and no draws, for every other kind).
+            partner = grid_partner(self.source, rng, current, self.cfg.views)
+            extra = {} if partner is None else {"partner_HW3": partner}
+            sample = build_views(rng, img, ids, self.cfg, self.keep_debug, **extra)
             if sample is not None:
                 return sample
         return None

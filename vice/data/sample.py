@@ -13,6 +13,7 @@ import torch
 from vice.config import DataConfig, MaskConfig
 from vice.data.augment import normalise_into, photometric
 from vice.data.masking import align_ids, common_ids, regional_masking
+from vice.data.superpixel_grid import apply_superpixel_grid
 from vice.data.views import ViewBox, crop_ids, crop_images, sample_view_boxes
 
 
@@ -35,9 +36,12 @@ def build_views(
     ids_HW: np.ndarray,
     cfg: DataConfig,
     keep_debug: bool = False,
+    partner_HW3: np.ndarray | None = None,
 ) -> ViceSample | None:
     """Samples views of a standardised image and its superpixel map.
 
+    `partner_HW3`: the S x S partner view of data.views.superpixel_grid.kind=mix (else unused).
+    Order per view: crop, superpixel-grid augmentation, photometric, normalise, mask noise.
     Returns None when no common superpixel survives masking (the caller resamples).
     """
     vcfg = cfg.views
@@ -57,6 +61,7 @@ def build_views(
     crops = crop_images(img_HW3, boxes, size)  # draws nothing
     views = torch.empty((len(boxes), 3, size, size), dtype=torch.float32)
     for v, (crop, mask) in enumerate(zip(crops, masks, strict=True)):
+        crop = apply_superpixel_grid(rng, crop, vcfg.superpixel_grid, partner_HW3)  # pixels only
         normalise_into(views[v], photometric(rng, crop, vcfg), vcfg.mean, vcfg.std)
         add_mask_noise(noise_rng, views[v], mask, cfg.masking)
 

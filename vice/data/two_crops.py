@@ -42,6 +42,7 @@ from vice.data.augment import color_jitter, gaussian_blur, grayscale, normalise_
 from vice.data.batches import TwoCropBatch
 from vice.data.image_io import UnreadableImageError
 from vice.data.substitution import SkipImageError, SubstitutingDataset
+from vice.data.superpixel_grid import apply_superpixel_grid, grid_partner
 from vice.data.views import resize_uint8
 
 MIN_OVERLAP = 0.01  # view 2 shares at least this fraction of its area with view 1
@@ -151,10 +152,13 @@ class TwoCropSample:
 
 
 def build_two_crops(
-    rng: np.random.Generator, img_HW3: np.ndarray, cfg: DataConfig
+    rng: np.random.Generator,
+    img_HW3: np.ndarray,
+    cfg: DataConfig,
+    partner_HW3: np.ndarray | None = None,
 ) -> TwoCropSample:
     """Samples the two views of an image (draws: crops, flips, then view 1's and view 2's
-    photometric augmentation)."""
+    superpixel-grid and photometric augmentation). `partner_HW3`: GridMix's S x S partner."""
     vcfg = cfg.views
     size = vcfg.view_size
     crops = sample_two_crops(rng, img_HW3.shape[0], img_HW3.shape[1], vcfg, cfg.max_resample)
@@ -162,7 +166,9 @@ def build_two_crops(
     common = intersection(*crops)
     views = torch.empty((2, 3, size, size), dtype=torch.float32)
     for v, (crop, flip) in enumerate(zip(crops, flips, strict=True)):
-        view = byol_photometric(rng, crop_view(img_HW3, crop, size, flip), vcfg, v)
+        view = crop_view(img_HW3, crop, size, flip)
+        view = apply_superpixel_grid(rng, view, vcfg.superpixel_grid, partner_HW3)  # pixels only
+        view = byol_photometric(rng, view, vcfg, v)
         normalise_into(views[v], view, vcfg.mean, vcfg.std)
     return TwoCropSample(
         views_2CSS=views,
@@ -202,4 +208,5 @@ class TwoCropDataset(SubstitutingDataset):
             img = self.source.load_image(current)
         except UnreadableImageError as err:
             raise SkipImageError(f"unreadable: {err}") from err
-        return build_two_crops(rng, img, self.cfg)
+        partner = grid_partner(self.source, rng, current, self.cfg.views)  # None unless mix
+        return build_two_crops(rng, img, self.cfg, partner)

@@ -52,6 +52,7 @@ from vice.eval.linear import predict_linear, train_linear_probe
 from vice.eval.mask_kmeans import mask_kmeans
 from vice.eval.matching import confusion, map_clusters
 from vice.eval.metrics import segmentation_metrics
+from vice.eval.probes import probe_metrics
 from vice.eval.regions import region_metrics
 from vice.eval.summary import figure_count, mapping_name
 from vice.eval.summary import format_summary as format_summary  # re-exported
@@ -194,6 +195,27 @@ def _score(
     if masks is not None:
         metrics.update(_score_masks(feats_eval_NDSS, labels_eval_NSS, num_classes, masks, name))
     return metrics, figure_c, figure_pred, linear_pred
+
+
+def _probes(
+    features_fn: FeaturesFn | None,
+    split: _EvalSplit,
+    feats_NDSS: torch.Tensor,
+    cfg: EvalConfig,
+    name: str,
+) -> dict:
+    """`probe.*` (vice.eval.probes): positional bias and coupling of these features."""
+    t0 = time.perf_counter()
+    out = probe_metrics(
+        features_fn, split.images_NSS3, split.instances_NSS, feats_NDSS, split.labels_NSS,
+        max_regions=cfg.probe_regions, seed=cfg.seed,
+    )  # fmt: skip
+    log.info(
+        "%s probes: position R2 %.3f, coupling %.3f over %d regions (%.1f s)",
+        name, out["probe.position_r2"], out["probe.coupling"], out["probe.coupling_regions"],
+        time.perf_counter() - t0,
+    )  # fmt: skip
+    return out
 
 
 @dataclass
@@ -409,6 +431,14 @@ def _score_floors(
             name=f"floor {floor.name}",
             masks=masks,
         )
+        if cfg.probes and eval_split.instances_NSS is not None:
+            # chance draws new vectors per call and the instance floors read the instance
+            # maps, not the images: neither is a function of the image to probe for coupling
+            image_fn = (
+                None if floor.needs_instances or floor.name == "chance"
+                else (lambda x, f=floor: f.features(x, None, cfg.seed))
+            )  # fmt: skip
+            scored.update(_probes(image_fn, eval_split, feats_eval, cfg, f"floor {floor.name}"))
         del feats_eval, feats_train
         for key, value in scored.items():
             if not isinstance(value, list | str):  # per-class lists: the network's only
@@ -530,6 +560,8 @@ def evaluate(
         masks=masks,
     )
     metrics.update(scored)
+    if cfg.probes and eval_split.instances_NSS is not None:
+        metrics.update(_probes(features_fn, eval_split, feats_eval, cfg, "network"))
     if masks is not None and source_eval.has_foreground and not skipped:
         truth = load_eval_foreground(source_eval, cfg.image_size, cfg.max_images)
         metrics["saliency.iou"] = foreground_iou(masks.foreground_NSS, truth)
