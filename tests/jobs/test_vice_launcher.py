@@ -170,3 +170,30 @@ def test_parent_run_groups_children(tmp_path):
     assert run.info.run_name == "optim.lr=0.1"
     assert "MLFLOW_RUN_ID" not in os.environ
     assert open_parent_run(TrackingConfig(enabled=False), tmp_path / "x") is None
+
+
+def test_maskcontrast_voc_recipe_passes_preflight_on_a_voc_tree(tmp_path, fake_cluster):
+    """The published MaskContrast recipe on a VOC-layout fixture (trainaug list, labels,
+    saliency maps): every check passes and the dry run prints both job scripts."""
+    from tests.data.datasets.fixtures import make_voc
+
+    root = make_voc(tmp_path / "VOC2012", saliency=True)
+    proc = _launch(
+        tmp_path, "-m", "experiment=maskcontrast_voc", f"data.root={root}",
+        "launch.dry_run=true", f"hydra.sweep.dir={tmp_path}/sweep", env=fake_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--- pretrain sbatch script ---" in proc.stdout
+    assert proc.stdout.rstrip().endswith("dry run: nothing was submitted, nothing was written")
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "sbatch.called").exists()
+    # and without the saliency maps it names the directory, before anything is written
+    import shutil
+
+    shutil.rmtree(root / "saliency")
+    proc = _launch(
+        tmp_path, "-m", "experiment=maskcontrast_voc", f"data.root={root}",
+        "launch.dry_run=true", f"hydra.sweep.dir={tmp_path}/sweep", env=fake_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # a data error
+    assert f"the saliency map directory '{root}/saliency' does not exist" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
