@@ -19,7 +19,8 @@ masking off), mean_pool (mean instead of representative-pixel pooling), init (th
 `--init-weights`, no pretraining: "init only"), init_vice (ViCE from `--init-weights`),
 maskcontrast (method=maskcontrast with the ground-truth foreground as its mask prior),
 maskcontrast_sp (with the unsupervised superpixel-saliency prior), init_maskcontrast (gt
-prior, from `--init-weights`, as published: MaskContrast starts from a pretrained trunk);
+prior, from `--init-weights`, as published: MaskContrast starts from a pretrained trunk),
+init_maskcontrast_pub_lr (the same with the published SGD lr 0.004, wd 1e-4, no warm-up);
 these also print MaskContrast's own protocol (mask k-means, saliency IoU) with floors,
 slotcon (method=slotcon, its local-recipe keys from conf/tuning/local_slotcon.yaml; plus a
 collapse check: prototypes in use, slots vs objects per image, `vice.eval.slots`).
@@ -64,10 +65,19 @@ VARIANTS = {
     # the unsupervised prior: superpixels merged into a salient region (vice.data.mask_priors)
     "maskcontrast_sp": ["method=maskcontrast", "data.mask_prior.source=superpixel_saliency"],
     "init_maskcontrast": ["method=maskcontrast"],  # + model.init_weights, as published
+    # ... with the published optimizer instead of the local recipe's (SGD lr 0.05, warm-up):
+    # added after init_maskcontrast collapsed, to tell the method from the recipe
+    "init_maskcontrast_pub_lr": [
+        "method=maskcontrast",
+        "optim.lr=0.004",
+        "optim.start_lr=0.004",
+        "optim.warmup_iters=0",
+        "optim.weight_decay=1e-4",
+    ],
 }
 # Variants scored by MaskContrast's mask k-means protocol with their own predicted masks, so
 # their floors are scored with those masks too (every such variant scores its own floors).
-MASKED = ("maskcontrast", "maskcontrast_sp", "init_maskcontrast")
+MASKED = ("maskcontrast", "maskcontrast_sp", "init_maskcontrast", "init_maskcontrast_pub_lr")
 # Variants whose hard grouping is checked for collapse (vice.eval.slots), beside the metrics.
 GROUPING = ("slotcon",)
 PAIRS = [

@@ -137,21 +137,31 @@ def evaluate_run(
 def render_views(cfg: Config, run_dir: str | Path) -> list[Path]:
     """Views figures of `figure.indices` (what the network is trained on) into the run dir.
 
-    The figure draws ViCE's sample builder (views, superpixels, masks); a method trained on
-    another builder gets none (an empty list) rather than a picture of data it never saw.
+    ViCE's sample builder gets the views figure (views, superpixels, masks); the two-crop
+    builders (`two_crops`, `mask_crops`) get the crops figure (crops on the source, both views,
+    overlap box or mask). A method trained on another builder gets none (an empty list) rather
+    than a picture of data it never saw.
     """
+    from vice.data.builders import build_samples
     from vice.data.datasets import build_source
     from vice.data.pretrain import ViceDataset
     from vice.methods import METHODS
+    from vice.viz.crops_figure import render_crops_figure
     from vice.viz.views_figure import render_views_figure
 
-    if METHODS[cfg.method.name].sample_builder != "vice_views":
+    builder = METHODS[cfg.method.name].sample_builder
+    if builder not in ("vice_views", "two_crops", "mask_crops"):
         log.info(
-            "no views figure for method %s (its samples are not ViCE's views)", cfg.method.name
+            "no views figure for method %s (no figure draws its sample builder %s)",
+            cfg.method.name,
+            builder,
         )
         return []
     source = build_source(cfg.data)
-    dataset = ViceDataset(source, cfg.data, keep_debug=True)
+    if builder == "vice_views":
+        dataset = ViceDataset(source, cfg.data, keep_debug=True)
+    else:
+        dataset = build_samples(builder, source, cfg.data)
     written = []
     for index in cfg.figure.indices:
         if index >= len(source):
@@ -160,15 +170,22 @@ def render_views(cfg: Config, run_dir: str | Path) -> list[Path]:
                 f"{len(source)} images of data.split={cfg.data.split!r}"
             )
         item = dataset[(cfg.figure.epoch, index)]
-        img, ids = dataset.prepare(item["index"])
-        fig = render_views_figure(
-            img,
-            ids,
-            item["sample"],
-            cfg.data.views.mean,
-            cfg.data.views.std,
-            title=f"{cfg.data.dataset} {source.key(item['index'])}",
-        )
+        title = f"{cfg.data.dataset} {source.key(item['index'])}"
+        if builder == "vice_views":
+            img, ids = dataset.prepare(item["index"])
+            fig = render_views_figure(
+                img, ids, item["sample"], cfg.data.views.mean, cfg.data.views.std, title=title
+            )
+        else:
+            if item["index"] != index:  # the builder skipped the image and drew another
+                title += f" (in place of skipped image {index})"
+            fig = render_crops_figure(
+                source.load_image(item["index"]),
+                item["sample"],
+                cfg.data.views.mean,
+                cfg.data.views.std,
+                title=f"{cfg.method.name} {title}",
+            )
         out = RunDir(run_dir).views_figure(index)
         fig.save(out)
         written.append(out)
