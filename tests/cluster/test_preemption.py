@@ -284,8 +284,11 @@ def test_time_limit_requeues_until_done(reference, tmp_path):
 
 def test_failures_resumed_by_resubmit(reference, tmp_path):
     from vice.train.checkpoint import WRITE_DELAY_ENV
+    from vice.train.trainer import STEP_DELAY_ENV
 
-    run = Run(tmp_path, env={WRITE_DELAY_ENV: "25"})
+    # 1 s more per step: each kill lands before the job passes the next checkpoint, even
+    # when the test's 2 s polling runs on a loaded machine
+    run = Run(tmp_path, env={WRITE_DELAY_ENV: "25", STEP_DELAY_ENV: "1"})
     ckpts = run.run_dir / "checkpoints"
     try:
         # 1. the writer (rank 0) killed while checkpoint 8 is being written: checkpoint 4 is
