@@ -1,9 +1,12 @@
 """Following submitted job chains: SLURM states (squeue, then sacct), state changes as they
-happen (`launch.wait=true`), and the first error of a failed job's logs."""
+happen (`launch.wait=true`), and a failed job's true cause (from the last segment of its
+logs, which grow across requeues), the fix for known causes, and the log holding rank 0's
+progress."""
 
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.submit import Chain, stamp
+from jobs.torchrun import TORCHRUN_SIGNALS
 from vice.run_dir import RunDir
 
 # Final states; PREEMPTED is not among them because a preempted job of a requeueing
@@ -79,29 +83,175 @@ def query_states(job_ids: Sequence[str]) -> dict[str, JobState]:
     return states
 
 
+# Causes in job logs. A task's `.out`/`.err` logs grow across requeues: every start of the
+# task appends a segment, so only the last segment tells why the job finally ended.
+# A log is split at the first kind of start line it holds: submitit's (.out), vice's (.out,
+# where submitit's logging is off), torchrun's (.err, LOGLEVEL=INFO in jobs/slurm.py).
+_STARTS = (
+    re.compile(r"^submitit INFO \(.*\) - Starting with JobEnvironment"),
+    re.compile(r"^\[vice [^\]]*\] (pretrain job \S+ node \d+/\d+ .*restart \d+|eval of .*); "),
+    re.compile(r"Starting elastic_operator with launch configs"),
+)
+# torchrun may prefix a worker's output with its rank ("[rank1]: ...").
+_RANK_PREFIX = re.compile(r"^\[[A-Za-z_]*\d+\]: ?")
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*: ")
 # Errors that only report that a worker failed: the worker's own error is the cause.
 _WRAPPERS = ("ChildFailedError", "pretraining failed:")
+# submitit's signal handler, when it ends the job instead of requeueing it.
+_NOT_REQUEUED = re.compile(r"Job not requeued because: (.+?)\.?\s*$")
+_TIMED_OUT = re.compile(r"Caught signal \w+ on .*: this job is timed-out")
+# A stop that was handled: submitit caught the signal, the trainer saved, the job requeued.
+_STOPPED = re.compile(
+    r"Caught signal SIG\w+ on |Bypassing signal SIG\w+|^stopping at step \d+ \(|"
+    r"TrainingStoppedError|Requeued job \S+ \(\d+ remaining timeouts\)"
+)
+_SIGNAL_EXCEPTION = re.compile(r"SignalException: Process \d+ got signal: (\d+)")
+# What torchrun forwards as a stop; its SignalException after a handled stop is no failure.
+_STOP_SIGNALS = {signal.Signals[name].value for name in TORCHRUN_SIGNALS.split(",")}
+# torchrun's failure summary (ChildFailedError): the root cause's fields.
+_ROOT_FIELD = re.compile(r"^\s*(host|rank|traceback)\s*: (.*)$")
+_KILLED = re.compile(r"Signal (\d+) \((\w+)\) received by PID")
 
 
-def first_error(paths: Sequence[str]) -> str | None:
-    """The first exception line of a job's logs (a worker's, not torchrun's summary)."""
-    for path in paths:
-        try:
-            lines = Path(path).read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if _ERROR_LINE.match(line) and not any(w in line for w in _WRAPPERS):
-                return line.strip()
+def _read_lines(path: str | Path) -> list[str] | None:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    return [_RANK_PREFIX.sub("", line) for line in text.splitlines()]
+
+
+def _last_segment(lines: list[str]) -> list[str]:
+    """The lines since the task's last start (all of them for a log without start lines)."""
+    for start in _STARTS:
+        marks = [i for i, line in enumerate(lines) if start.search(line)]
+        if marks:
+            return lines[marks[-1] :]
+    return lines
+
+
+def _not_requeued(reason: str, timeouts: int, max_requeues: int | None) -> str:
+    if reason != "timed-out too many times":
+        return f"submitit did not requeue the job: {reason}"
+    # submitit requeues max_requeues times, and ends the job at the next time limit.
+    if max_requeues is None and timeouts:
+        max_requeues = timeouts - 1
+    if not timeouts and max_requeues is not None:
+        timeouts = max_requeues + 1
+    times = f"{timeouts} time{'s' if timeouts != 1 else ''}" if timeouts else "too many times"
+    setting = "trainer.max_requeues" + (f"={max_requeues}" if max_requeues is not None else "")
+    return f"time limit reached {times}: the requeues ({setting}) are used up"
+
+
+def _killed_worker(segment: list[str], stopped: bool) -> str | None:
+    """torchrun's root cause when a worker died of a signal (it prints no error itself)."""
+    fields: dict[str, str] = {}
+    in_root = False
+    for line in segment:
+        if line.startswith("Root Cause (first observed failure):"):
+            in_root, fields = True, {}
+        elif in_root and line.startswith("====="):
+            in_root = False
+        elif in_root and (m := _ROOT_FIELD.match(line)):
+            fields[m.group(1)] = m.group(2).strip()
+    m = _KILLED.search(fields.get("traceback", ""))
+    if not m or (stopped and int(m.group(1)) in _STOP_SIGNALS):
+        return None
+    rank = fields.get("rank", "?").split()[0]
+    return f"rank {rank} on {fields.get('host', '?')} was killed by signal {m[1]} ({m[2]})"
+
+
+def last_cause(paths: Sequence[str | Path], max_requeues: int | None = None) -> str | None:
+    """Why a job ended, from the last segment of each of its task logs (.err and .out).
+
+    In order: submitit's refusal to requeue (time limit reached once more than
+    `trainer.max_requeues` allows), a worker killed by a signal (torchrun's root cause; the
+    other ranks' errors are its consequences), the first exception line (a worker's, not
+    torchrun's summary, nor torchrun's SignalException of a stop that was handled), and last
+    the task's "pretraining failed: ..." line.
+
+    Args:
+        paths: The task logs, in task order.
+        max_requeues: `trainer.max_requeues` of the run, to name in the cause; None: the
+            value the logs imply.
+    """
+    logs = [lines for lines in map(_read_lines, paths) if lines is not None]
+    segments = [_last_segment(lines) for lines in logs]
+    stopped = any(_STOPPED.search(line) for seg in segments for line in seg)
+    timeouts = max((sum(bool(_TIMED_OUT.search(x)) for x in lines) for lines in logs), default=0)
+    for seg in segments:
+        for line in seg:
+            if m := _NOT_REQUEUED.search(line):
+                return _not_requeued(m.group(1), timeouts, max_requeues)
+    for seg in segments:
+        if killed := _killed_worker(seg, stopped):
+            return killed
+    wrapper = None
+    for seg in segments:
+        for line in seg:
+            if wrapper is None and "pretraining failed:" in line:
+                wrapper = line[line.index("pretraining failed:") :].strip()
+            if not _ERROR_LINE.match(line) or any(w in line for w in _WRAPPERS):
+                continue
+            sig = _SIGNAL_EXCEPTION.search(line)
+            if sig and stopped and int(sig.group(1)) in _STOP_SIGNALS:
+                continue
+            return line.strip()
+    return wrapper
+
+
+def fix_hint(cause: str | None, run_dir: str, job_id: str, state: str = "") -> str | None:
+    """What to do about a known cause (`state`: the job's final SLURM state)."""
+    resubmit = f"python tools/resubmit.py {run_dir} --job {job_id}"
+    if cause and cause.startswith("time limit reached"):
+        return f"raise trainer.max_requeues, or continue this run with: {resubmit}"
+    lost = re.search(r"\(SIGKILL\)|got signal: 9\b|TrainingStoppedError", cause or "")
+    if state == "NODE_FAIL" or lost:
+        return f"continue this run from its newest checkpoint with: {resubmit}"
     return None
 
 
-def _report_failure(chain: Chain, stage: str, out: Callable[[str], None]) -> None:
+_STEP_LINE = re.compile(r"^step \d+/\d+ ", re.MULTILINE)
+
+
+def progress_log(paths: Sequence[str | Path]) -> str | None:
+    """The task log holding rank 0's step lines (torchrun may give rank 0 to any node)."""
+    best, most = None, 0
+    for path in paths:
+        try:
+            count = len(_STEP_LINE.findall(Path(path).read_text(errors="replace")))
+        except OSError:
+            continue
+        if count > most:
+            best, most = str(path), count
+    return best
+
+
+def _max_requeues(run_dir: str) -> int | None:
+    import yaml
+
+    try:
+        value = yaml.safe_load(RunDir(run_dir).config.read_text())["trainer"]["max_requeues"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _report_failure(chain: Chain, stage: str, out: Callable[[str], None], state: str) -> None:
     logs = chain.logs.get(stage, [])
-    cause = first_error([entry["stderr"] for entry in logs])
+    job_id = chain.pretrain_id if stage == "pretrain" else chain.eval_id or ""
+    progress = progress_log([entry["stdout"] for entry in logs])
+    if progress:
+        out(f"  progress log: {progress}")
+    paths = [entry[key] for entry in logs for key in ("stderr", "stdout")]
+    cause = last_cause(paths, _max_requeues(chain.run_dir))
+    if cause is None and state == "NODE_FAIL":
+        cause = "a node of the job failed (SLURM state NODE_FAIL)"
     if cause:
         out(f"  cause: {cause}")
+    hint = fix_hint(cause, chain.run_dir, job_id, state)
+    if hint:
+        out(f"  fix: {hint}")
     for entry in logs:
         out(f"  log: {entry['stderr']}")
 
@@ -150,7 +300,7 @@ def wait_for(
             + f": pretrain job {chain.pretrain_id} {pre.state}"
         )
         if not ok:
-            _report_failure(chain, "pretrain", out)
+            _report_failure(chain, "pretrain", out, pre.state)
         if chain.eval_id:
             ev = final[chain.eval_id]
             if ev.state == "COMPLETED":
@@ -162,7 +312,7 @@ def wait_for(
                 )
             else:
                 out(f"  eval job {chain.eval_id} {ev.state}")
-                _report_failure(chain, "eval", out)
+                _report_failure(chain, "eval", out, ev.state)
             ok = ok and ev.state == "COMPLETED"
         results[chain.num] = ok
     return results
