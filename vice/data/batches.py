@@ -23,6 +23,10 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         moved = {f.name: _move(getattr(self, f.name), device) for f in dataclasses.fields(self)}
+        views = moved.get("views")
+        if device.type == "cuda" and isinstance(views, torch.Tensor):
+            # the loader's pinned layout of the views is not channels_last
+            moved["views"] = views.contiguous(memory_format=torch.contiguous_format)
         return type(self)(**moved)
 
 
@@ -46,13 +50,6 @@ class ViceBatch(Batch):
     keys: list[tuple[int, int]]  # (epoch, index) the sampler handed out
     indices: torch.Tensor  # int64 (B,): images actually used (after substitutions)
 
-    def to(self, device: torch.device) -> ViceBatch:
-        moved = super().to(device)
-        assert isinstance(moved, ViceBatch)
-        if device.type == "cuda":  # the loader's pinned layout is not channels_last
-            moved.views = moved.views.contiguous(memory_format=torch.contiguous_format)
-        return moved
-
 
 @dataclass
 class TwoCropBatch(Batch):
@@ -64,13 +61,6 @@ class TwoCropBatch(Batch):
     crops: torch.Tensor  # float32 (2, B, 4): (x0, y0, w, h) in source pixels
     keys: list[tuple[int, int]]  # (epoch, index) the sampler handed out
     indices: torch.Tensor  # int64 (B,): images actually used (after substitutions)
-
-    def to(self, device: torch.device) -> TwoCropBatch:
-        moved = super().to(device)
-        assert isinstance(moved, TwoCropBatch)
-        if device.type == "cuda":  # the loader's pinned layout is not channels_last
-            moved.views = moved.views.contiguous(memory_format=torch.contiguous_format)
-        return moved
 
 
 @dataclass
@@ -84,10 +74,3 @@ class MaskCropBatch(Batch):
     crops: torch.Tensor  # float32 (2, B, 4): (x0, y0, w, h) in source pixels
     keys: list[tuple[int, int]]  # (epoch, index) the sampler handed out
     indices: torch.Tensor  # int64 (B,): images actually used (after substitutions)
-
-    def to(self, device: torch.device) -> MaskCropBatch:
-        moved = super().to(device)
-        assert isinstance(moved, MaskCropBatch)
-        if device.type == "cuda":  # the loader's pinned layout is not channels_last
-            moved.views = moved.views.contiguous(memory_format=torch.contiguous_format)
-        return moved
