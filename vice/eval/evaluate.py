@@ -41,8 +41,8 @@ from vice.config import EvalConfig
 from vice.data.datasets.base import ImageSource
 from vice.eval.features import (
     extract_features,
-    load_eval_foreground,
     load_eval_set_with_instances,
+    load_eval_split,
     pixels_PD,
 )
 from vice.eval.figures import segmentation_figure, write_per_class_iou_figure
@@ -387,6 +387,7 @@ class _EvalSplit:
     images_NSS3: np.ndarray
     labels_NSS: np.ndarray
     instances_NSS: np.ndarray | None
+    foreground_NSS: np.ndarray | None = None  # ground truth, for a foreground model
 
 
 def _score_floors(
@@ -508,8 +509,10 @@ def evaluate(
         raise ValueError(f"{type(source_eval).__name__} has no labels: it cannot be evaluated")
     t0 = time.perf_counter()
     skipped: list[str] = []  # images or labels unreadable since the launch's check
+    # a foreground model's masks are scored against the true foreground, read in the same pass
+    truth = model is not None and hasattr(model, "foreground") and source_eval.has_foreground
     eval_split = _EvalSplit(
-        *load_eval_set_with_instances(source_eval, cfg.image_size, cfg.max_images, skipped)
+        *load_eval_split(source_eval, cfg.image_size, cfg.max_images, skipped, truth)
     )
     for reason in skipped:
         log.warning("eval image skipped: %s", reason)
@@ -562,11 +565,11 @@ def evaluate(
     metrics.update(scored)
     if cfg.probes and eval_split.instances_NSS is not None:
         metrics.update(_probes(features_fn, eval_split, feats_eval, cfg, "network"))
-    if masks is not None and source_eval.has_foreground and not skipped:
-        truth = load_eval_foreground(source_eval, cfg.image_size, cfg.max_images)
-        metrics["saliency.iou"] = foreground_iou(masks.foreground_NSS, truth)
+    if masks is not None and eval_split.foreground_NSS is not None:
+        truth_NSS = eval_split.foreground_NSS
+        metrics["saliency.iou"] = foreground_iou(masks.foreground_NSS, truth_NSS)
         metrics["saliency.fg_fraction"] = float(masks.foreground_NSS.mean())
-        metrics["saliency.gt_fg_fraction"] = float(truth.mean())
+        metrics["saliency.gt_fg_fraction"] = float(truth_NSS.mean())
     del feats_eval, feats_train  # the floors' features take their place
     if eval_split.instances_NSS is None:
         metrics["region.skipped"] = f"{type(source_eval).__name__} has no instance maps"

@@ -67,7 +67,7 @@ def load_eval_set(
         images_NSS3: uint8 RGB crops.
         labels_NSS: int64 class ids in [0, num_classes) or IGNORE_INDEX.
     """
-    images_NSS3, labels_NSS, _ = _load(source, image_size, max_images, instances=False)
+    images_NSS3, labels_NSS, _, _ = _load(source, image_size, max_images, instances=False)
     return images_NSS3, labels_NSS
 
 
@@ -84,19 +84,25 @@ def load_eval_set_with_instances(
     With a `skipped` list, images or label maps that cannot be read are left out and their
     reasons appended to it (else they raise).
     """
-    return _load(source, image_size, max_images, source.has_instances, skipped)
+    return _load(source, image_size, max_images, source.has_instances, skipped)[:3]
 
 
 def load_eval_foreground(source: ImageSource, image_size: int, max_images: int = 0) -> np.ndarray:
     """The ground-truth foreground (`source.load_foreground`) of the images `load_eval_set`
     loads, resized (nearest) and cropped like their labels: bool (N, S, S)."""
-    n = len(source) if max_images <= 0 else min(max_images, len(source))
-    out_NSS = np.empty((n, image_size, image_size), dtype=bool)
-    for i in range(n):
-        fg = source.load_foreground(i).astype(np.int64)
-        fg = _resize_ids(fg, *_short_side_shape(*fg.shape, image_size))
-        out_NSS[i] = _center_crop(fg, image_size) > 0
-    return out_NSS
+    return load_eval_split(source, image_size, max_images, foreground=True)[3]
+
+
+def load_eval_split(
+    source: ImageSource,
+    image_size: int,
+    max_images: int = 0,
+    skipped: list[str] | None = None,
+    foreground: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """`load_eval_set_with_instances`, plus, with `foreground`, the ground-truth foreground
+    (bool (N, S, S), resized and cropped like the labels), all read in one pass."""
+    return _load(source, image_size, max_images, source.has_instances, skipped, foreground)
 
 
 def _load(
@@ -105,11 +111,13 @@ def _load(
     max_images: int,
     instances: bool,
     skipped: list[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    # One pass over the images: a procedural source generates image, label and instances of
-    # an index together and keeps only the last index. An image or label map that cannot be
-    # read is skipped (its reason appended to `skipped`; without that list it is an error);
-    # a label map of another size than its image is always an error, never resized.
+    foreground: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    # One pass over the images: a procedural source generates image, label, instances and
+    # foreground of an index together and keeps only the last index. An image or label map
+    # that cannot be read is skipped (its reason appended to `skipped`; without that list it
+    # is an error); a label map of another size than its image is always an error, never
+    # resized.
     from vice.data.image_io import UnreadableImageError
     from vice.eval.scan import check_label_size
 
@@ -125,6 +133,7 @@ def _load(
     images_NSS3 = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     labels_NSS = np.empty((n, image_size, image_size), dtype=np.int64)
     instances_NSS = np.empty((n, image_size, image_size), dtype=np.int64) if instances else None
+    fg_NSS = np.empty((n, image_size, image_size), dtype=bool) if foreground else None
     k = 0  # images kept
     for i in range(n):
         try:
@@ -147,12 +156,18 @@ def _load(
                 )
             ids = _resize_ids(ids, *_short_side_shape(*label.shape, image_size))
             instances_NSS[k] = _center_crop(ids, image_size)
+        if fg_NSS is not None:
+            fg = source.load_foreground(i).astype(np.int64)
+            fg = _resize_ids(fg, *_short_side_shape(*fg.shape, image_size))
+            fg_NSS[k] = _center_crop(fg, image_size) > 0
         k += 1
     if k == 0:
         raise ValueError(f"none of the {n} evaluation images could be read: {skipped[:3]}")
     if instances_NSS is not None:
         instances_NSS = instances_NSS[:k]
-    return images_NSS3[:k], labels_NSS[:k], instances_NSS
+    if fg_NSS is not None:
+        fg_NSS = fg_NSS[:k]
+    return images_NSS3[:k], labels_NSS[:k], instances_NSS, fg_NSS
 
 
 @torch.no_grad()
