@@ -68,6 +68,8 @@ class Run:
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         self.tmp = tmp
+        # the jobs inherit the submitting process's environment: resubmits get the same
+        self.env = {**os.environ, **(env or {})}
         self.run_dir = tmp / "sweep" / "0"
         self.pretrain = re.search(r"^  pretrain job: (\d+)", proc.stdout, re.M).group(1)
         found = re.search(r"^  eval job: (\d+)", proc.stdout, re.M)
@@ -140,7 +142,7 @@ class Run:
         out = subprocess.run(
             [sys.executable, str(ROOT / "tools" / "resubmit.py"), str(self.tmp / "sweep"),
              "--job", self.pretrain],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=300, env=self.env,
         )  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
         self.reload_ids()
