@@ -25,7 +25,15 @@ init_maskcontrast_m96 (key-encoder momentum 0.96: the published EMA horizon rela
 run length);
 these also print MaskContrast's own protocol (mask k-means, saliency IoU) with floors,
 slotcon (method=slotcon, its local-recipe keys from conf/tuning/local_slotcon.yaml; plus a
-collapse check: prototypes in use, slots vs objects per image, `vice.eval.slots`).
+collapse check: prototypes in use, slots vs objects per image, `vice.eval.slots`);
+vice_dc / vice_dp / vice_both and slotcon_dc / slotcon_dp / slotcon_both (the D3SSL
+de-coupling and de-positioning switches at the follow-up's weight 0.3), vice_spgrid_cut /
+_mean / _mix (SuperpixelGridCut / Mean / Mix on ViCE's views). The table has both probes of
+the eval (position R2: positional bias; coupling: cosine with the surroundings replaced).
+
+The methods table of the README:
+    python bench/methods.py --variants vice,vice_dc,vice_dp,vice_both,vice_spgrid_cut,\
+        vice_spgrid_mean,vice_spgrid_mix,slotcon,slotcon_dc,slotcon_dp,slotcon_both
 Prints one table (mean +- sd over seeds), the paired differences of the ablations, and how
 long each variant took. Runs are kept under --out, so a rerun only evaluates what is missing.
 """
@@ -81,6 +89,21 @@ VARIANTS = {
     # 150-step run, so the keys stay the random head's. 0.96 keeps the published 15 %.
     # Added after init_maskcontrast collapsed.
     "init_maskcontrast_m96": ["method=maskcontrast", "method.momentum=0.96"],
+    # D3SSL switches (methods.md section 4) at the follow-up's weight, on both region methods.
+    "vice_dc": ["method.decoupling.weight=0.3"],
+    "vice_dp": ["method.depositioning.weight=0.3"],
+    "vice_both": ["method.decoupling.weight=0.3", "method.depositioning.weight=0.3"],
+    "slotcon_dc": ["method=slotcon", "method.decoupling.weight=0.3"],
+    "slotcon_dp": ["method=slotcon", "method.depositioning.weight=0.3"],
+    "slotcon_both": [
+        "method=slotcon",
+        "method.decoupling.weight=0.3",
+        "method.depositioning.weight=0.3",
+    ],
+    # SuperpixelGrid augmentations (methods.md section 5) on ViCE's views, the default r, q.
+    "vice_spgrid_cut": ["data.views.superpixel_grid.kind=cut"],
+    "vice_spgrid_mean": ["data.views.superpixel_grid.kind=mean"],
+    "vice_spgrid_mix": ["data.views.superpixel_grid.kind=mix"],
 }
 # Variants scored by MaskContrast's mask k-means protocol with their own predicted masks, so
 # their floors are scored with those masks too (every such variant scores its own floors).
@@ -92,12 +115,21 @@ MASKED = (
     "init_maskcontrast_m96",
 )
 # Variants whose hard grouping is checked for collapse (vice.eval.slots), beside the metrics.
-GROUPING = ("slotcon",)
+GROUPING = ("slotcon", "slotcon_dc", "slotcon_dp", "slotcon_both")
 PAIRS = [
     ("vice", "grid", "SLIC - grid"),
     ("vice", "no_mask", "masking - none"),
     ("vice", "mean_pool", "representative - mean"),
     ("init_vice", "init", "init+ViCE - init"),
+    ("vice_dc", "vice", "ViCE de-coupling - off"),
+    ("vice_dp", "vice", "ViCE de-positioning - off"),
+    ("vice_both", "vice", "ViCE both - off"),
+    ("slotcon_dc", "slotcon", "SlotCon de-coupling - off"),
+    ("slotcon_dp", "slotcon", "SlotCon de-positioning - off"),
+    ("slotcon_both", "slotcon", "SlotCon both - off"),
+    ("vice_spgrid_cut", "vice", "ViCE GridCut - off"),
+    ("vice_spgrid_mean", "vice", "ViCE GridMean - off"),
+    ("vice_spgrid_mix", "vice", "ViCE GridMix - off"),
 ]
 FLOORS = [
     "chance",
@@ -112,6 +144,8 @@ COLUMNS = [
     (f"clustering.{4 * CLASSES}.miou", f"mIoU C={4 * CLASSES}"),
     ("region.nn_same_class", "region NN"),
     ("region.probe_acc", "region probe"),
+    ("probe.position_r2", "position R2"),  # positional bias: should fall with de-positioning
+    ("probe.coupling", "coupling"),  # cosine with surroundings replaced: should rise with dc
 ]
 
 
@@ -334,7 +368,9 @@ def main() -> None:
         print(f"collapse check, {name}: " + "; ".join(cells))
     for a, b, label in PAIRS:
         if a in results and b in results:
-            for col, col_label in COLUMNS[:1] + COLUMNS[2:3]:
+            for col, col_label in COLUMNS[:1] + COLUMNS[2:3] + COLUMNS[4:]:
+                if any(col not in results[x][s] for x in (a, b) for s in seeds):
+                    continue  # a probe the eval did not run
                 diffs = [100 * (results[a][s][col] - results[b][s][col]) for s in seeds]
                 wins = sum(d > 0 for d in diffs)
                 sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")

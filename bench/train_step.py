@@ -133,7 +133,10 @@ def make_batch(cfg: Config) -> Batch:
     data.dataset, data.root, data.split = "synthetic", None, "train"
     data.mask_prior.source = "gt"  # the synthetic scenes' foreground (no saliency files)
     data.mask_prior.cache_dir = data.superpixels.cache_dir = None
-    samples = build_samples(METHODS[cfg.method.name].sample_builder, build_source(data), data)
+    method = METHODS[cfg.method.name]
+    samples = build_samples(
+        method.sample_builder, build_source(data), data, method.region_views(cfg)
+    )
     return samples.collate([samples[(0, i)] for i in range(data.batch_size)])
 
 

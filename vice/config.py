@@ -91,6 +91,42 @@ class SuperpixelGridConfig:
 
 
 @dataclass
+class RegionAugConfig:
+    """The de-coupling / de-positioning inputs (D3SSL; methods.md section 4): region cut-out,
+    a small cut-out copy and a re-positioned paste; vice.data.region_aug builds them, only
+    for a method with method.decoupling or method.depositioning on. Defaults: the authors'
+    public follow-up (RCC: a 3 x 3 grid of pseudo-boxes of 12-30 % of the view, aspect
+    0.5-2, a shared cut ratio U(0.2, 0.6)); the paste's sizes are this project's choice."""
+
+    grid: int = 3  # pseudo-boxes: one per cell of a grid x grid layout
+    box_scale_min: float = 0.12  # a pseudo-box's area, as a fraction of the view's
+    box_scale_max: float = 0.3
+    box_aspect_min: float = 0.5  # its width / height, log-uniform
+    box_aspect_max: float = 2.0
+    cut_ratio_min: float = 0.2  # every pseudo-box loses this fraction of its area, U(min, max)
+    cut_ratio_max: float = 0.6
+    small_scale: float = 0.5  # side of the small cut-out copy / the view's side
+    paste_scale_min: float = 0.4  # side of the pasted square / the view's side, U(min, max)
+    paste_scale_max: float = 0.6
+    min_shift: float = 0.25  # the paste moves by at least this fraction of the view side
+
+    def validate(self, prefix: str = "data.views.region_aug") -> None:
+        _check_range(f"{prefix}.grid", self.grid, 1)
+        for name in ("box_scale", "cut_ratio", "paste_scale"):  # fractions: (0, 1), min <= max
+            a, b = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
+            for key, value in ((f"{name}_min", a), (f"{name}_max", b)):
+                _check_range(f"{prefix}.{key}", value)  # finite
+                if not 0.0 < value < 1.0:
+                    raise _fail(f"{prefix}.{key}", value, "must be in (0, 1)")
+            if b < a:
+                raise _fail(f"{prefix}.{name}_max", b, f"must be >= {prefix}.{name}_min={a}")
+        _check_range(f"{prefix}.box_aspect_min", self.box_aspect_min, 0.0, lo_open=True)
+        _check_range(f"{prefix}.box_aspect_max", self.box_aspect_max, self.box_aspect_min)
+        _check_range(f"{prefix}.small_scale", self.small_scale, 0.0, 1.0, lo_open=True)
+        _check_range(f"{prefix}.min_shift", self.min_shift, 0.0, 1.0 - self.paste_scale_max)
+
+
+@dataclass
 class ViewConfig:
     """ViCE view sampling and photometric augmentation (defaults: methods.md section 1)."""
 
@@ -119,6 +155,8 @@ class ViewConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # Superpixel-grid augmentation of every view, before its photometric augmentation.
     superpixel_grid: SuperpixelGridConfig = field(default_factory=SuperpixelGridConfig)
+    # The de-coupling / de-positioning inputs (built only when a method switch is on).
+    region_aug: RegionAugConfig = field(default_factory=RegionAugConfig)
 
     def validate(self, prefix: str = "data.views") -> None:
         _check_range(f"{prefix}.short_side", self.short_side, 16)
@@ -146,6 +184,7 @@ class ViewConfig:
         if min(self.std) <= 0:
             raise _fail(f"{prefix}.std", list(self.std), "every entry must be > 0")
         self.superpixel_grid.validate(f"{prefix}.superpixel_grid")
+        self.region_aug.validate(f"{prefix}.region_aug")
 
 
 @dataclass
@@ -324,14 +363,34 @@ class ModelConfig:
 
 
 @dataclass
+class RegionSwitchConfig:
+    """A D3SSL loss on top of a region-level method (methods.md section 4)."""
+
+    weight: float = 0.0  # 0 = off; 0.3 is the authors' follow-up's weight (the default when on)
+
+    def validate(self, prefix: str) -> None:
+        _check_range(f"{prefix}.weight", self.weight, 0.0)
+
+
+#: The D3SSL switches every method's schema has, and what each one asks of the method.
+REGION_SWITCHES = {
+    "decoupling": "de-coupling (the student on cut-out inputs matches the clean views)",
+    "depositioning": "de-positioning (the student on re-positioned regions matches them in place)",
+}
+
+
+@dataclass
 class MethodConfig:
-    """What every method's schema has: its name (a key of `vice.methods.METHODS`).
+    """What every method's schema has: its name (a key of `vice.methods.METHODS`) and the
+    D3SSL switches, which only region-level methods take (`Method.region_switches`).
 
     Each method subclasses this with its own keys (`ViceMethod.Config` = `ViceConfig`); the
     Hydra group `conf/method/` holds one file per method with its published defaults.
     """
 
     name: str = "vice"
+    decoupling: RegionSwitchConfig = field(default_factory=RegionSwitchConfig)
+    depositioning: RegionSwitchConfig = field(default_factory=RegionSwitchConfig)
 
     def validate(self, prefix: str = "method") -> None:
         from vice.methods import METHODS  # the registry itself (lazy: torch)
@@ -345,6 +404,21 @@ class MethodConfig:
                 f"the method's keys must be a {expected.__name__}, got {type(self).__name__}; "
                 f"select it with the config group: method={self.name}",
             )
+        takers = sorted(n for n, m in METHODS.items() if m.region_switches)
+        for switch, what in REGION_SWITCHES.items():
+            cfg = getattr(self, switch)
+            cfg.validate(f"{prefix}.{switch}")
+            if cfg.weight > 0 and not METHODS[self.name].region_switches:
+                raise _fail(
+                    f"{prefix}.{switch}.weight",
+                    cfg.weight,
+                    f"method={self.name} cannot take {what}: it has no region-level features "
+                    f"to match. The region-level methods are {takers}; set it to 0",
+                )
+
+    def region_switches_on(self) -> bool:
+        """Whether any D3SSL loss is on (the sample builder then makes its inputs)."""
+        return any(getattr(self, s).weight > 0 for s in REGION_SWITCHES)
 
 
 def default_method() -> MethodConfig:

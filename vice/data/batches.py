@@ -33,7 +33,34 @@ class Batch:
 def _move(value: object, device: torch.device) -> object:
     if isinstance(value, torch.Tensor):
         return value.to(device, non_blocking=True)
+    if isinstance(value, RegionInputs):
+        return value.to(device)
     return value
+
+
+@dataclass
+class RegionInputs:
+    """The D3SSL student inputs of B images (`vice.data.region_aug`): cut from view `a`, the
+    small cut copy and the paste from view `b` of the batch's views. Ids: region ids as the
+    method pools them, -1 = not pooled (cut, background)."""
+
+    cut: torch.Tensor  # float32 (B, 3, S, S)
+    cut_ids: torch.Tensor  # int64 (B, S, S)
+    small: torch.Tensor  # float32 (B, 3, s, s)
+    small_ids: torch.Tensor  # int64 (B, s, s)
+    paste: torch.Tensor  # float32 (B, 3, S, S)
+    paste_ids: torch.Tensor  # int64 (B, S, S): the pasted square's ids at its new place
+    source_ids: torch.Tensor  # int64 (B, S, S): the same square's ids in view b
+    shifts: torch.Tensor  # int64 (B, 2): (dy, dx) from source to paste
+    a: int
+    b: int
+
+    def to(self, device: torch.device) -> RegionInputs:
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device, non_blocking=True)
+        return RegionInputs(**moved)
 
 
 @dataclass
@@ -49,6 +76,7 @@ class ViceBatch(Batch):
     masked: torch.Tensor  # bool (V, B, S, S)
     keys: list[tuple[int, int]]  # (epoch, index) the sampler handed out
     indices: torch.Tensor  # int64 (B,): images actually used (after substitutions)
+    region: RegionInputs | None = None  # with method.decoupling / depositioning on
 
 
 @dataclass
@@ -61,6 +89,7 @@ class TwoCropBatch(Batch):
     crops: torch.Tensor  # float32 (2, B, 4): (x0, y0, w, h) in source pixels
     keys: list[tuple[int, int]]  # (epoch, index) the sampler handed out
     indices: torch.Tensor  # int64 (B,): images actually used (after substitutions)
+    region: RegionInputs | None = None  # with method.decoupling / depositioning on
 
 
 @dataclass

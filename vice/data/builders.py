@@ -30,7 +30,16 @@ SAMPLE_BUILDERS: dict[str, SampleBuilder] = {
 }
 
 
-def build_samples(name: str, source: ImageSource, cfg: DataConfig) -> torch.utils.data.Dataset:
+def build_samples(
+    name: str,
+    source: ImageSource,
+    cfg: DataConfig,
+    region_views: tuple[int, int] | None = None,
+) -> torch.utils.data.Dataset:
+    """The builder's data set; `region_views` (a, b): its samples also carry the D3SSL inputs
+    made from views a and b (`vice.data.region_aug`; builders of region-level methods only)."""
     if name not in SAMPLE_BUILDERS:
         raise ValueError(f"unknown sample builder {name!r}; known: {sorted(SAMPLE_BUILDERS)}")
-    return SAMPLE_BUILDERS[name](source, cfg)
+    if region_views is None:
+        return SAMPLE_BUILDERS[name](source, cfg)
+    return SAMPLE_BUILDERS[name](source, cfg, region_views=region_views)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from vice.data.batches import ViceBatch
+from vice.data.region_aug import collate_region_inputs
 
 
 def collate_vice(items: list[dict[str, Any]]) -> ViceBatch:
@@ -24,8 +25,10 @@ def collate_vice(items: list[dict[str, Any]]) -> ViceBatch:
         masked: bool (V, B, S, S)
         keys: list of (epoch, index); indices: int64 (B,) images actually used
         skipped: int, unreadable images skipped while building this batch
+        region: the D3SSL inputs (`RegionInputs`) when the samples carry them, else None
     """
     samples = [it["sample"] for it in items]
+    region = samples[0].region is not None
     return ViceBatch(
         views=torch.stack([s.views_VCSS for s in samples], dim=1),
         ids=torch.stack([s.ids_VSS for s in samples], dim=1),
@@ -37,4 +40,5 @@ def collate_vice(items: list[dict[str, Any]]) -> ViceBatch:
         keys=[tuple(it["key"]) for it in items],
         indices=torch.tensor([it["index"] for it in items], dtype=torch.int64),
         skipped=sum(int(it["skipped"]) for it in items),
+        region=collate_region_inputs([s.region for s in samples]) if region else None,
     )

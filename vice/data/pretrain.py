@@ -17,6 +17,7 @@ from vice.config import DataConfig
 from vice.data.collate import collate_vice
 from vice.data.datasets.base import ImageSource
 from vice.data.image_io import UnreadableImageError
+from vice.data.region_aug import region_inputs_of
 from vice.data.regions import check_regions, compute_regions
 from vice.data.sample import ViceSample, build_views
 from vice.data.superpixel_cache import SuperpixelCache
@@ -33,18 +34,26 @@ class ViceDataset(torch.utils.data.Dataset):
     """Map-style data set indexed by (epoch, index) keys (a bare int means epoch 0).
 
     ViCE's sample builder: a center view and surrounding views of one image, their common
-    superpixel ids and the regional masks; `collate` stacks them into a `ViceBatch`.
+    superpixel ids and the regional masks; `collate` stacks them into a `ViceBatch`. With
+    `region_views` (a, b), each sample also carries its D3SSL inputs from those views.
     """
 
     collate = staticmethod(collate_vice)
 
-    def __init__(self, source: ImageSource, cfg: DataConfig, keep_debug: bool = False) -> None:
+    def __init__(
+        self,
+        source: ImageSource,
+        cfg: DataConfig,
+        keep_debug: bool = False,
+        region_views: tuple[int, int] | None = None,
+    ) -> None:
         if len(source) == 0:
             raise ValueError(f"data set {type(source).__name__} is empty")
         check_regions(source, cfg.superpixels)
         self.source = source
         self.cfg = cfg
         self.keep_debug = keep_debug
+        self.region_views = region_views  # (a, b): make the D3SSL inputs from these views
         cache_dir = cfg.superpixels.cache_dir
         self.cache = SuperpixelCache(cache_dir) if cache_dir else None
         self.skipped_total = 0  # per process; batches carry their own count to the trainer
@@ -109,5 +118,10 @@ class ViceDataset(torch.utils.data.Dataset):
             extra = {} if partner is None else {"partner_HW3": partner}
             sample = build_views(rng, img, ids, self.cfg, self.keep_debug, **extra)
             if sample is not None:
+                if self.region_views is not None:
+                    sample.region = region_inputs_of(
+                        rng, self.source, current, sample.views_VCSS, sample.ids_VSS,
+                        self.region_views, self.cfg.views,
+                    )  # fmt: skip
                 return sample
         return None

@@ -13,6 +13,7 @@ import torch
 from vice.config import DataConfig, MaskConfig
 from vice.data.augment import normalise_into, photometric
 from vice.data.masking import align_ids, common_ids, regional_masking
+from vice.data.region_aug import RegionSample
 from vice.data.superpixel_grid import apply_superpixel_grid
 from vice.data.views import ViewBox, crop_ids, crop_images, sample_view_boxes
 
@@ -28,6 +29,7 @@ class ViceSample:
     boxes_V3: torch.Tensor  # float32 (cx, cy, side) in standardised source px
     masked_VSS: torch.Tensor  # bool, pixel replaced by noise
     debug: dict = field(default_factory=dict)
+    region: RegionSample | None = None  # the D3SSL inputs, when a method switch asks for them
 
 
 def build_views(

@@ -40,7 +40,9 @@ import torch
 from vice.config import DataConfig, ViewConfig
 from vice.data.augment import color_jitter, gaussian_blur, grayscale, normalise_into
 from vice.data.batches import TwoCropBatch
+from vice.data.datasets.base import ImageSource
 from vice.data.image_io import UnreadableImageError
+from vice.data.region_aug import RegionSample, collate_region_inputs, region_inputs_of
 from vice.data.substitution import SkipImageError, SubstitutingDataset
 from vice.data.superpixel_grid import apply_superpixel_grid, grid_partner
 from vice.data.views import resize_uint8
@@ -149,6 +151,7 @@ class TwoCropSample:
     boxes_24: torch.Tensor  # float32 overlap (x1, y1, x2, y2) in each view's [0, 1] coords
     flips_2: torch.Tensor  # bool
     crops_24: torch.Tensor  # float32 (x0, y0, w, h) in source pixels, before the flip
+    region: RegionSample | None = None  # the D3SSL inputs, when a method switch asks for them
 
 
 def build_two_crops(
@@ -192,16 +195,30 @@ def collate_two_crops(items: list[dict[str, Any]]) -> TwoCropBatch:
         keys=[tuple(it["key"]) for it in items],
         indices=torch.tensor([it["index"] for it in items], dtype=torch.int64),
         skipped=sum(int(it["skipped"]) for it in items),
+        region=(
+            collate_region_inputs([s.region for s in samples])
+            if samples[0].region is not None
+            else None
+        ),
     )
 
 
 class TwoCropDataset(SubstitutingDataset):
     """Map-style data set indexed by (epoch, index) keys (a bare int means epoch 0).
 
-    An unreadable image is replaced by another one drawn from the key's own generator.
+    An unreadable image is replaced by another one drawn from the key's own generator. With
+    `region_views` (a, b), each sample also carries its D3SSL inputs from those views, with
+    one region (id 0) covering each view: SlotCon's slots come from its features, so the
+    inputs' id maps only say which pixels to pool.
     """
 
     collate = staticmethod(collate_two_crops)
+
+    def __init__(
+        self, source: ImageSource, cfg: DataConfig, region_views: tuple[int, int] | None = None
+    ) -> None:
+        super().__init__(source, cfg)
+        self.region_views = region_views
 
     def build(self, current: int, rng: np.random.Generator) -> TwoCropSample:
         try:
@@ -209,4 +226,11 @@ class TwoCropDataset(SubstitutingDataset):
         except UnreadableImageError as err:
             raise SkipImageError(f"unreadable: {err}") from err
         partner = grid_partner(self.source, rng, current, self.cfg.views)  # None unless mix
-        return build_two_crops(rng, img, self.cfg, partner)
+        sample = build_two_crops(rng, img, self.cfg, partner)
+        if self.region_views is not None:
+            views = sample.views_2CSS
+            ids = torch.zeros((2, *views.shape[-2:]), dtype=torch.int64)
+            sample.region = region_inputs_of(
+                rng, self.source, current, views, ids, self.region_views, self.cfg.views
+            )
+        return sample

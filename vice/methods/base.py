@@ -51,11 +51,20 @@ class Method(nn.Module):
 
     Config: ClassVar[type[MethodConfig]]
     sample_builder: ClassVar[str]
+    #: Takes the D3SSL switches (method.decoupling / method.depositioning): its builder makes
+    #: the region-augmented inputs (`vice.data.region_aug`) and its loss uses them.
+    region_switches: ClassVar[bool] = False
 
     def __init__(self, cfg: Config, world_size: int = 1) -> None:
         super().__init__()
         self.world_size = world_size
         self.autocast = False  # bf16 autocast of the forward passes (the trainer: on CUDA)
+
+    @classmethod
+    def region_views(cls, cfg: Config) -> tuple[int, int] | None:
+        """The views (a, b) the sample builder makes the D3SSL inputs from (cut from a; small
+        copy and paste from b), or None: no switch is on, or the method takes none."""
+        return None
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:

@@ -39,6 +39,8 @@ from vice.methods.slotcon_losses import (
     active_prototypes,
     align_to_overlap,
     group_cross_entropy,
+    kept_fraction,
+    masked_grouping,
     semantic_grouping,
     slot_contrast,
     slot_pairs,
@@ -176,6 +178,8 @@ class SlotConLoss:
     group: torch.Tensor  # both directions' mean pixel cross-entropy, summed
     slot: torch.Tensor  # both directions' mean anchor InfoNCE (x 2 tau), summed
     teacher_scores: list[torch.Tensor]  # V x (B, K, h, w), full maps (for the centre)
+    teacher_slots: list[torch.Tensor]  # V x (B, K, D): what the D3SSL inputs predict too
+    teacher_active: list[torch.Tensor]  # V x (B, K) bool
     active: float  # prototypes active per teacher view and image, this rank's mean
     anchors: float  # anchors per image and direction, this rank's mean
 
@@ -239,9 +243,41 @@ def slotcon_loss(
         group=group,
         slot=slot,
         teacher_scores=list(scores_t),
+        teacher_slots=list(slots_t),
+        teacher_active=list(active_t),
         active=float(active_t[0].sum() + active_t[1].sum()) / (2 * n_images),
         anchors=sum(anchors) / (2 * n_images),
     )
+
+
+def slot_prediction(
+    student_BDhw: torch.Tensor,
+    keep_Bhw: torch.Tensor,
+    prototypes_KD: torch.Tensor,
+    teacher_slots_BKD: torch.Tensor,
+    teacher_active_BK: torch.Tensor,
+    predictor: nn.Module,
+    cfg: SlotConConfig,
+) -> torch.Tensor:
+    """A D3SSL input's slot term: its student slots (pooled over the kept part of the map,
+    `keep_Bhw`) predict the teacher slots of the same prototype (InfoNCE against every active
+    teacher slot of the batch, as SlotCon's slot term). Anchors: prototypes active in the
+    kept part and in the teacher's. A global mean over anchors times the world size; 0 (with
+    the predictor in the graph) when the whole batch has fewer than 2 anchors."""
+    world = torch.distributed.get_world_size() if dist.is_distributed() else 1
+    slots_s, scores_s = masked_grouping(
+        student_BDhw, prototypes_KD, cfg.grouping_temperature, keep_Bhw
+    )
+    active_s = active_prototypes(scores_s, keep_Bhw > 0)
+    local = torch.tensor([float((active_s & teacher_active_BK).sum())], dtype=torch.float64)
+    n_anchors = float(dist.all_reduce_sum(local.to(student_BDhw.device))[0])
+    if n_anchors < 2:  # every rank agrees, so no rank waits in a collective alone
+        return 0.0 * sum(p.sum() for p in predictor.parameters())
+    keys_ND = F.normalize(teacher_slots_BKD.flatten(0, 1)[teacher_active_BK.flatten()], dim=1)
+    keys_MD, offset = all_gather_rows(keys_ND)
+    anchors_A, labels_A = slot_pairs(active_s, teacher_active_BK, offset)
+    predicted_AD = predictor(slots_s.flatten(0, 1)[anchors_A])
+    return slot_contrast(predicted_AD, keys_MD, labels_A, cfg.slot_temperature) / n_anchors * world
 
 
 class SlotConMethod(Method):
@@ -251,6 +287,7 @@ class SlotConMethod(Method):
 
     Config = SlotConConfig
     sample_builder = "two_crops"
+    region_switches = True
 
     def __init__(self, cfg: Config, world_size: int = 1) -> None:
         super().__init__(cfg, world_size)
@@ -264,6 +301,11 @@ class SlotConMethod(Method):
         self.teacher_prototypes = nn.Parameter(self.prototypes.detach().clone(), False)
         self.register_buffer("center", torch.zeros(k))  # replicated: all-reduced updates
         self._total_steps: int | None = None
+
+    @classmethod
+    def region_views(cls, cfg: Config) -> tuple[int, int] | None:
+        """Cut-out from view 0, small copy and paste from view 1 (the D3SSL figure's x1, x2)."""
+        return (0, 1) if cfg.method.region_switches_on() else None
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -324,16 +366,67 @@ class SlotConMethod(Method):
         )
         self.update_center(out.teacher_scores)
         world = torch.distributed.get_world_size() if dist.is_distributed() else 1
+        total = out.total
+        switch_terms = {}
+        for switch, loss in self.region_losses(batch, out, teacher_V).items():
+            total = total + getattr(self.cfg, switch).weight * loss
+            switch_terms[f"loss_{switch}"] = float(loss.detach()) / world
         # Each rank's share of the global value: the trainer sums terms over ranks to log.
         terms = {
-            "loss": float(out.total.detach()) / world,
+            "loss": float(total.detach()) / world,
+            **switch_terms,
             "loss_group": float(out.group.detach()) / world,
             "loss_slot": float(out.slot.detach()) / world,
             "active_prototypes": out.active / world,
             "slots_per_image": out.anchors / world,
             "teacher_momentum": self.momentum_after(step) / world,
         }
-        return out.total, terms
+        return total, terms
+
+    def region_losses(
+        self, batch: TwoCropBatch, out: SlotConLoss, teacher_V: Sequence[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The D3SSL terms of the switches that are on. De-coupling: the cut view 0 predicts
+        the teacher's clean view 1 and the small cut copy of view 1 predicts view 0 (the
+        figure's cross-view pairs); de-positioning: the paste predicts the teacher's slots of
+        the same square in place in view 1 (`teacher_V`: the teacher's features per view)."""
+        cfg, region = self.cfg, batch.region
+        if not cfg.region_switches_on():
+            return {}
+        if region is None:
+            raise ValueError(
+                "method.decoupling / method.depositioning is on but the batch carries no D3SSL "
+                "inputs: build the data set with region_views=SlotConMethod.region_views(cfg)"
+            )
+        inputs = []  # (switch, student input, its ids, teacher slots, teacher active)
+        if cfg.decoupling.weight > 0:
+            a, b = region.a, region.b
+            inputs += [
+                ("decoupling", region.cut, region.cut_ids, out.teacher_slots[1 - a],
+                 out.teacher_active[1 - a]),
+                ("decoupling", region.small, region.small_ids, out.teacher_slots[1 - b],
+                 out.teacher_active[1 - b]),
+            ]  # fmt: skip
+        if cfg.depositioning.weight > 0:
+            with torch.no_grad():
+                teacher_b = at_least_float32(teacher_V[region.b])
+                keep = kept_fraction(region.source_ids, teacher_b.shape[-2:])
+                slots_t, scores_t = masked_grouping(
+                    teacher_b, self.teacher_prototypes, cfg.grouping_temperature, keep
+                )
+                active_t = active_prototypes(scores_t, keep > 0)
+            inputs += [("depositioning", region.paste, region.paste_ids, slots_t, active_t)]
+        losses: dict[str, torch.Tensor] = {}
+        for switch, x_BCSS, ids, slots_t, active_t in inputs:
+            x_BCSS = x_BCSS.to(self.prototypes.dtype)
+            with torch.autocast(x_BCSS.device.type, torch.bfloat16, enabled=self.autocast):
+                x_BDhw = at_least_float32(self.student.features(x_BCSS))
+            keep = kept_fraction(ids, x_BDhw.shape[-2:])
+            loss = slot_prediction(
+                x_BDhw, keep, self.prototypes, slots_t, active_t, self.predictor, cfg
+            )
+            losses[switch] = losses.get(switch, 0) + loss
+        return losses
 
     @torch.no_grad()
     def assignments(self, x_BCHW: torch.Tensor) -> torch.Tensor:

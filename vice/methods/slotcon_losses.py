@@ -38,6 +38,37 @@ def semantic_grouping(
     return slots_BKD, scores_BKhw
 
 
+def masked_grouping(
+    x_BDhw: torch.Tensor,
+    prototypes_KD: torch.Tensor,
+    temperature: float,
+    keep_Bhw: torch.Tensor,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`semantic_grouping` over part of each map: pixel p's attention is multiplied by its
+    kept fraction keep (in [0, 1]) before the per-(image, prototype) normalisation, so a slot
+    pools only what is kept (a D3SSL cut, paste or source square). keep = 1 everywhere is
+    `semantic_grouping`. An image with nothing kept gives zero slots.
+
+    Returns:
+        slots_BKD and scores_BKhw (cosines, the whole map).
+    """
+    scores_BKhw = torch.einsum(
+        "kd,bdhw->bkhw", F.normalize(prototypes_KD, dim=1), F.normalize(x_BDhw, dim=1)
+    )
+    attn_BKhw = ((scores_BKhw / temperature).softmax(dim=1) + eps) * keep_Bhw[:, None]
+    attn_BKhw = attn_BKhw / attn_BKhw.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    slots_BKD = torch.einsum("bdhw,bkhw->bkd", x_BDhw, attn_BKhw)
+    return slots_BKD, scores_BKhw
+
+
+def kept_fraction(ids_BSS: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """float (B, h, w): the fraction of each map pixel's view pixels with id >= 0 (a view's
+    S x S id map averaged over the map's cells; S need not be a multiple of h)."""
+    keep = (ids_BSS >= 0).to(torch.float32)[:, None]
+    return F.adaptive_avg_pool2d(keep, size)[:, 0]
+
+
 def align_to_overlap(
     maps_BChw: torch.Tensor, boxes_B4: torch.Tensor, flips_B: torch.Tensor
 ) -> torch.Tensor:
@@ -71,12 +102,17 @@ def group_cross_entropy(
     return -(q * log_p).sum()
 
 
-def active_prototypes(scores_BKhw: torch.Tensor) -> torch.Tensor:
-    """bool (B, K): prototype k is the argmax of at least one pixel of image b."""
+def active_prototypes(
+    scores_BKhw: torch.Tensor, where_Bhw: torch.Tensor | None = None
+) -> torch.Tensor:
+    """bool (B, K): prototype k is the argmax of at least one pixel of image b (of a pixel
+    where `where_Bhw` is True, when given)."""
     b, k = scores_BKhw.shape[:2]
     winners = scores_BKhw.detach().argmax(dim=1).flatten(1)  # (B, h*w)
-    active = torch.zeros((b, k), dtype=torch.bool, device=scores_BKhw.device)
-    return active.scatter_(1, winners, True)
+    active = torch.zeros((b, k + 1), dtype=torch.bool, device=scores_BKhw.device)
+    if where_Bhw is not None:  # excluded pixels vote for a spare column k
+        winners = torch.where(where_Bhw.flatten(1), winners, k)
+    return active.scatter_(1, winners, True)[:, :k]
 
 
 def slot_pairs(

@@ -26,7 +26,7 @@ from vice.config import MethodConfig, _check_range, _fail
 from vice.methods.base import Method
 from vice.models import build_model
 from vice.models.prototypes import Prototypes
-from vice.ops.pooling import pool_regions
+from vice.ops.pooling import pool_regions, region_index
 from vice.ops.precision import at_least_float32
 from vice.ops.queue import EmbeddingQueue
 from vice.ops.sinkhorn import sinkhorn
@@ -101,7 +101,8 @@ def vice_loss(
     Returns:
         total: (coherence_weight * coherence + swav) / 2 for representative pooling, swav for
             mean pooling; swav; coherence (0 for mean pooling); center_RD: the center view's
-            region vectors, detached (what the queue keeps).
+            region vectors, detached (what the queue keeps); q_RK: the center view's
+            Sinkhorn targets (what the D3SSL inputs predict too).
     """
     n_views, n_images = z_VBDSS.shape[:2]
     regions_VRD, coherence = pool_regions(
@@ -134,7 +135,35 @@ def vice_loss(
         total = (cfg.coherence_weight * coherence + swav) / 2
     else:
         total = swav
-    return total, swav, coherence, regions_VRD[0].detach()
+    return total, swav, coherence, regions_VRD[0].detach(), q_RK
+
+
+def present_regions(ids_BSS: torch.Tensor, num_regions_B: torch.Tensor) -> torch.Tensor:
+    """bool (R,): region r (rows ordered as `pool_regions`') has a pixel in its image's map."""
+    seg = region_index(ids_BSS[None], num_regions_B).flatten()
+    total = int(num_regions_B.sum())
+    return torch.bincount(seg[seg >= 0], minlength=total)[:total] > 0
+
+
+def predict_targets(
+    z_BDSS: torch.Tensor,
+    ids_BSS: torch.Tensor,
+    num_regions_B: torch.Tensor,
+    prototypes_KD: torch.Tensor,
+    q_RK: torch.Tensor,
+    cfg: ViceConfig,
+) -> torch.Tensor:
+    """Sum over the regions present in one extra input (a D3SSL cut, small copy or paste) of
+    CE(Q_r, softmax(s_r / T)): the input's region vectors (pooled as the views', `cfg.pooling`,
+    over the region's pixels left in it) predict the clean center view's targets `q_RK`.
+    Regions without a pixel in the input add nothing."""
+    regions_1RD, _ = pool_regions(
+        z_BDSS[None], ids_BSS[None], num_regions_B, mode=cfg.pooling,
+        prototypes_KD=prototypes_KD.detach(),
+    )  # fmt: skip
+    present_R = present_regions(ids_BSS, num_regions_B)
+    scores_RK = F.linear(regions_1RD[0][present_R], prototypes_KD)
+    return swav_cross_entropy(q_RK[present_R], scores_RK[None], cfg.temperature)
 
 
 class ViceMethod(Method):
@@ -147,6 +176,7 @@ class ViceMethod(Method):
 
     Config = ViceConfig
     sample_builder = "vice_views"
+    region_switches = True
 
     def __init__(self, cfg: Config, world_size: int = 1) -> None:
         super().__init__(cfg, world_size)
@@ -156,6 +186,14 @@ class ViceMethod(Method):
         per_rank = self.cfg.queue_length // max(1, world_size)
         # Not a buffer: every rank keeps its own regions (DDP broadcasts buffers from rank 0).
         self.queue = EmbeddingQueue(per_rank, cfg.model.embed_dim) if per_rank > 0 else None
+
+    @classmethod
+    def region_views(cls, cfg: Config) -> tuple[int, int] | None:
+        """Cut-out from the first surrounding view, small copy and paste from the second (the
+        first when there is one only): the teacher of every input is the center view."""
+        if not cfg.method.region_switches_on():
+            return None
+        return 1, min(2, cfg.data.views.num_views - 1)
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -200,10 +238,12 @@ class ViceMethod(Method):
             queue.to(z_VBDSS.device)
         use_queue = bool(queue is not None and step >= cfg.queue_start and len(queue))
         n_regions = int(batch.num_regions.sum())
-        local = torch.tensor([float(n_regions), float(n_images)], device=z_VBDSS.device)
-        global_regions, global_images = dist.all_reduce_sum(local.clone()).tolist()
+        extra = self.region_inputs(batch)
+        counts = [float(present_regions(ids, batch.num_regions).sum()) for _, ids, _ in extra]
+        local = torch.tensor([float(n_regions), float(n_images), *counts], device=z_VBDSS.device)
+        global_regions, global_images, *global_counts = dist.all_reduce_sum(local).tolist()
         world = torch.distributed.get_world_size() if dist.is_distributed() else 1
-        total, swav, coherence, center_RD = vice_loss(
+        total, swav, coherence, center_RD, q_RK = vice_loss(
             z_VBDSS,
             batch.ids,
             batch.num_regions,
@@ -218,13 +258,48 @@ class ViceMethod(Method):
             queue.push(center_RD)
         # Each rank's share of the global value: the trainer sums terms over ranks to log.
         terms = {
-            "loss": float(total.detach()) / world,
             "loss_swav": float(swav.detach()) / world,
             "loss_coherence": float(coherence.detach()) / world,
             "regions_per_image": n_regions / n_images / world,
             "queue_used": float(use_queue) / world,
         }
+        # D3SSL: each switch's inputs predict the center view's targets; per input a global
+        # mean over its regions present, times the world size (DDP averages gradients), and
+        # the inputs of a switch summed (de-coupling: the cut view and the small copy).
+        sums: dict[str, torch.Tensor] = {}
+        for (switch, ids, z_BDSS), count in zip(extra, global_counts, strict=True):
+            ce = predict_targets(z_BDSS, ids, batch.num_regions, self.prototypes.weight, q_RK, cfg)
+            sums[switch] = sums.get(switch, 0) + ce / max(count, 1.0) * world
+        for switch, loss in sums.items():
+            total = total + getattr(cfg, switch).weight * loss
+            terms[f"loss_{switch}"] = float(loss.detach()) / world
+        terms["loss"] = float(total.detach()) / world
         return total, terms
+
+    def region_inputs(self, batch: ViceBatch) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(switch, ids (B, S, S), unit embeddings (B, D, S, S)) of every D3SSL input the
+        switches use: de-coupling the cut view and the small copy, de-positioning the paste."""
+        region = batch.region
+        if not self.cfg.region_switches_on():
+            return []
+        if region is None:
+            raise ValueError(
+                "method.decoupling / method.depositioning is on but the batch carries no D3SSL "
+                "inputs: build the data set with region_views=ViceMethod.region_views(cfg)"
+            )
+        wanted = []
+        if self.cfg.decoupling.weight > 0:
+            wanted += [("decoupling", region.cut, region.cut_ids)]
+            wanted += [("decoupling", region.small, region.small_ids)]
+        if self.cfg.depositioning.weight > 0:
+            wanted += [("depositioning", region.paste, region.paste_ids)]
+        out = []
+        for switch, x_BCSS, ids in wanted:
+            x_BCSS = x_BCSS.to(self.prototypes.weight.dtype)
+            with torch.autocast(x_BCSS.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                z_BDSS = self.network(x_BCSS)
+            out.append((switch, ids, at_least_float32(z_BDSS)))
+        return out
 
     def rank_state(self) -> dict[str, Any]:
         return {"queue": self.queue.state_dict() if self.queue is not None else None}

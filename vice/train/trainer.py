@@ -178,8 +178,9 @@ def build_data(
 ) -> tuple[torch.utils.data.DataLoader, ResumableDistributedSampler, int]:
     """The method's sample builder over the configured source; returns loader, sampler and
     steps per epoch."""
+    method = METHODS[cfg.method.name]
     samples = build_samples(
-        METHODS[cfg.method.name].sample_builder, build_source(cfg.data), cfg.data
+        method.sample_builder, build_source(cfg.data), cfg.data, method.region_views(cfg)
     )
     loader, sampler = build_pretrain_loader(samples, cfg.data, rt.info.rank, rt.info.world_size)
     steps_per_epoch = sampler.per_rank // cfg.data.batch_size
