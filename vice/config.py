@@ -108,7 +108,9 @@ class RegionAugConfig:
     small_scale: float = 0.5  # side of the small cut-out copy / the view's side
     paste_scale_min: float = 0.4  # side of the pasted square / the view's side, U(min, max)
     paste_scale_max: float = 0.6
-    min_shift: float = 0.25  # the paste moves by at least this fraction of the view side
+    # The paste moves by at least this fraction of the view side (L-inf); at most half the
+    # room a paste of paste_scale_max leaves, so that every source place has such a target.
+    min_shift: float = 0.2
 
     def validate(self, prefix: str = "data.views.region_aug") -> None:
         _check_range(f"{prefix}.grid", self.grid, 1)
@@ -123,7 +125,8 @@ class RegionAugConfig:
         _check_range(f"{prefix}.box_aspect_min", self.box_aspect_min, 0.0, lo_open=True)
         _check_range(f"{prefix}.box_aspect_max", self.box_aspect_max, self.box_aspect_min)
         _check_range(f"{prefix}.small_scale", self.small_scale, 0.0, 1.0, lo_open=True)
-        _check_range(f"{prefix}.min_shift", self.min_shift, 0.0, 1.0 - self.paste_scale_max)
+        room = (1.0 - self.paste_scale_max) / 2
+        _check_range(f"{prefix}.min_shift", self.min_shift, 0.0, room)
 
 
 @dataclass

@@ -122,7 +122,8 @@ def shrink(
 def paste_boxes(rng: np.random.Generator, size: int, cfg: RegionAugConfig) -> tuple[Box, Box]:
     """A square of side U(paste_scale) * S at a uniform place (source), and where it goes
     (target): uniform among places moved by at least min_shift * S (L-inf), else after
-    SHIFT_TRIES draws the farthest corner of the view from the source."""
+    SHIFT_TRIES draws the farthest corner of the view from the source (which moves it by at
+    least half the room, >= min_shift * S as the config validates)."""
     side = max(1, round(rng.uniform(cfg.paste_scale_min, cfg.paste_scale_max) * size))
     room = size - side
     sy, sx = int(rng.integers(0, room + 1)), int(rng.integers(0, room + 1))
