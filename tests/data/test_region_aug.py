@@ -67,7 +67,7 @@ def test_paste_boxes_stay_inside_and_fall_back_to_the_farthest_corner():
     cfg = RegionAugConfig(paste_scale_min=0.5, paste_scale_max=0.5, min_shift=0.25)
     for seed in range(50):  # room = 24 px, need 12: rare from a central source
         (sy, sx, h, w), (ty, tx, _, _) = paste_boxes(np.random.default_rng(seed), S, cfg)
-        assert h == w == 24 and 0 <= min(sy, sx, ty, tx) and max(sy, sx, ty, tx) <= S - 24
+        assert h == w == 24 and min(sy, sx, ty, tx) >= 0 and max(sy, sx, ty, tx) <= S - 24
         assert max(abs(ty - sy), abs(tx - sx)) >= 12
     with pytest.raises(ValueError, match=r"data.views.region_aug.min_shift=0.3: must be in"):
         RegionAugConfig(paste_scale_max=0.5, min_shift=0.3).validate()
@@ -79,13 +79,13 @@ def test_grid_boxes_one_per_cell_centred_in_its_inner_half():
     assert len(boxes) == 9
     for n, (y0, x0, h, w) in enumerate(boxes):
         i, j = divmod(n, 3)
-        assert 0 <= y0 and y0 + h <= 90 and 0 <= x0 and x0 + w <= 90
+        assert y0 >= 0 and y0 + h <= 90 and x0 >= 0 and x0 + w <= 90
         area = h * w / 90**2
         assert 0.11 < area < 0.31 and 0.45 < w / h < 2.2
         # not pushed in from a border: the centre is within a pixel of the inner half
-        if 0 < y0 and y0 + h < 90:
+        if y0 > 0 and y0 + h < 90:
             assert 30 * i + 7.5 - 1 <= y0 + h / 2 <= 30 * i + 22.5 + 1
-        if 0 < x0 and x0 + w < 90:
+        if x0 > 0 and x0 + w < 90:
             assert 30 * j + 7.5 - 1 <= x0 + w / 2 <= 30 * j + 22.5 + 1
 
 
@@ -107,7 +107,7 @@ def test_cut_fraction_of_the_view_follows_the_ratio_range():
     fractions = [rcc_mask(np.random.default_rng(s), 96, cfg).mean() for s in range(200)]
     # 9 boxes of 12-30 % of the view, overlapping and covering most of it, each cut by the
     # view's ratio in 20-60 % (later boxes add to earlier ones): measured 0.15-0.60, mean 0.38
-    assert 0.1 < min(fractions) and max(fractions) < 0.7
+    assert min(fractions) > 0.1 and max(fractions) < 0.7
     assert 0.3 < float(np.mean(fractions)) < 0.45
 
 
