@@ -5,7 +5,8 @@ Per method, two chains on 2 nodes x 1 process: an undisturbed reference (no eval
 preempted once by a job of the `urgent` partition mid-run, requeued, resumed and evaluated.
 The preempted run must end like the reference: final weights bit-identical, the MLflow
 history of the loss, each logged term and the learning rate equal step for step, the
-chained eval run once. (ViCE's own scenarios, with more kinds of stops, are in
+chained eval run once. SlotCon runs with both D3SSL switches on (method.decoupling,
+method.depositioning). (ViCE's own scenarios, with more kinds of stops, are in
 test_preemption.py.)
 """
 
@@ -38,9 +39,24 @@ def base(*recipe: str) -> tuple[str, ...]:
 
 # method -> (its smoke recipe, the logged terms compared step by step)
 METHODS = {
+    # with both D3SSL switches on: their inputs (partner images included) are pure functions
+    # of the sample's key, so the resumed run sees the same ones
     "slotcon": (
-        base("experiment=slotcon_smoke"),
-        ("loss", "loss_group", "loss_slot", "active_prototypes", "teacher_momentum", "lr"),
+        base(
+            "experiment=slotcon_smoke",
+            "method.decoupling.weight=0.3",
+            "method.depositioning.weight=0.3",
+        ),
+        (
+            "loss",
+            "loss_group",
+            "loss_slot",
+            "loss_decoupling",
+            "loss_depositioning",
+            "active_prototypes",
+            "teacher_momentum",
+            "lr",
+        ),
     ),
     # dropout and the shuffled-BN permutation draw from the resumed RNG state and the step
     "maskcontrast": (

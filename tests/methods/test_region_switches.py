@@ -183,3 +183,14 @@ def test_training_with_both_switches_resumes_bit_exactly(method, tmp_path, capfd
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_a_small_copy_too_small_for_the_c5_trunk_is_refused_before_training():
+    cfg = slotcon_config(backbone_output="c5", view_size=96)
+    cfg.method.decoupling = ON
+    with pytest.raises(ValueError) as err:
+        cfg.validate()
+    assert "data.views.region_aug.small_scale=0.5" in str(err.value)
+    assert "small copy is 48 px of a 96 px view" in str(err.value)
+    cfg.data.views.region_aug.small_scale = 0.7
+    cfg.validate()

@@ -323,6 +323,19 @@ class SlotConMethod(Method):
                 "slotcon's crops cover crop_scale_min..crop_scale_max of the image area, so at "
                 "most 1 (published: 0.08..1)",
             )
+        small = round(views.view_size * views.region_aug.small_scale)
+        if (
+            cfg.method.decoupling.weight > 0
+            and cfg.method.backbone_output == "c5"
+            and (small < 2 * C5_STRIDE)
+        ):
+            raise _fail(
+                "data.views.region_aug.small_scale",
+                views.region_aug.small_scale,
+                f"the de-coupling's small copy is {small} px of a {views.view_size} px view; "
+                f"method.backbone_output=c5 has stride {C5_STRIDE}, so it needs at least "
+                f"{2 * C5_STRIDE} px: raise small_scale or data.views.view_size",
+            )
         if cfg.method.backbone_output == "c5" and views.view_size < 2 * C5_STRIDE:
             raise _fail(
                 "data.views.view_size",
