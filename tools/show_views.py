@@ -2,6 +2,7 @@
 
 python tools/show_views.py --dataset synthetic --index 0 --out views.png
 python tools/show_views.py --dataset coco --root /data/coco --index 12 --out v.png
+python tools/show_views.py --region --out views.png   # + views_region.png: the D3SSL inputs
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vice.config import DataConfig
 from vice.data.datasets import DATASETS, build_source
 from vice.data.pretrain import ViceDataset
+from vice.viz.region_figure import region_figure_of
 from vice.viz.views_figure import render_views_figure
 
 
@@ -34,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--region-size", type=int, default=d.superpixels.region_size)
     p.add_argument("--grid", action="store_true", help="regular grid instead of SLIC")
     p.add_argument("--no-mask", action="store_true", help="disable regional masking")
+    p.add_argument(
+        "--region", action="store_true",
+        help="also render the D3SSL inputs (cut-out, small copy, paste) to <out>_region.png",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -57,7 +63,8 @@ def main(argv: list[str] | None = None) -> Path:
     source = build_source(cfg)
     if not 0 <= args.index < len(source):
         raise SystemExit(f"--index {args.index} outside the data set (0..{len(source) - 1})")
-    ds = ViceDataset(source, cfg, keep_debug=True)
+    region_views = (1, min(2, cfg.views.num_views - 1)) if args.region else None  # ViceMethod's
+    ds = ViceDataset(source, cfg, keep_debug=True, region_views=region_views)
     item = ds[(args.epoch, args.index)]
     img, ids = ds.prepare(item["index"])
     title = (
@@ -70,6 +77,10 @@ def main(argv: list[str] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.save(out)
     print(f"wrote {out} ({fig.width}x{fig.height})")
+    if args.region:
+        region_out = out.with_name(f"{out.stem}_region{out.suffix}")
+        region_figure_of(item["sample"], cfg.views.mean, cfg.views.std).save(region_out)
+        print(f"wrote {region_out}")
     return out
 
 
