@@ -38,9 +38,14 @@ def print_summary(metrics: dict, run_dir: Path, tracker) -> None:
 
     if metrics:
         print(format_summary(metrics))
+    from vice.tracking import read_run_id
+
     print(f"run_dir: {run_dir}")
-    if tracker.run_id:
-        print(f"mlflow_run_id: {tracker.run_id}")
+    # Read from the run dir, its one owner: training creates the run when the server was
+    # down as this launch started.
+    run_id = read_run_id(run_dir)
+    if run_id:
+        print(f"mlflow_run_id: {run_id}")
         print(f"mlflow ui: {tracker.ui_command()}")
 
 
@@ -57,8 +62,12 @@ def main(cfg: DictConfig) -> str:
 
     from jobs.local import run_local
     from jobs.stages import open_run
+    from vice.tracking import run_name
 
-    tracker = open_run(config, run_dir)
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    name = run_name(hydra_cfg.runtime.choices.get("experiment"), overrides)
+    tracker = open_run(config, run_dir, run_name=name, overrides=overrides)
     tracker.close()  # training's rank 0 logs into the same run meanwhile
     metrics = run_local(config, run_dir)
     print_summary(metrics, run_dir, tracker)

@@ -21,6 +21,9 @@ def run_local(cfg: Config, run_dir: Path) -> dict[str, Any]:
     command = torchrun_command(run_dir, nproc)
     result = stages.pretrain(run_dir, command, torchrun_env(nproc, os.cpu_count() or 1))
     if result.outcome == "stopped":
+        # Nothing requeues a local run: it ends KILLED (Ctrl-C, kill) until it is continued,
+        # which reopens it RUNNING.
+        stages.finish(run_dir, "KILLED")
         raise SystemExit(
             f"{result.describe()}; continue with: "
             f"python jobs/launch.py <the same overrides> hydra.run.dir={run_dir}"

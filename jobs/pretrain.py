@@ -53,7 +53,16 @@ def main(argv: list[str]) -> int:
         tracker = build_tracker(cfg.tracking, run_dir, is_main)
         tracker.set_tags(slurm_tags(dict(os.environ)))
         try:
-            train(cfg, run_dir, tracker, should_stop=stop)
+            summary = train(cfg, run_dir, tracker, should_stop=stop)
+            if summary["status"] == "stopped":
+                # One line per rank in the .err log: a stop, not an error (jobs/torchrun_agent.py
+                # keeps torchrun's own shutdown to one line too).
+                print(
+                    f"rank {os.environ.get('RANK', '0')}: stopped by {summary['signal']} at step "
+                    f"{summary['steps']}, checkpoint saved",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             tracker.close()
             dist.teardown()

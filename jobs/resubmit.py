@@ -197,6 +197,42 @@ def resubmit(chain: ChainStatus, stages: str, submit: Callable[..., Any] | None 
     return new
 
 
+def job_tags(record: dict[str, Any]) -> dict[str, str]:
+    """The MLflow tags naming a chain's jobs: the current pretrain and eval jobs, and every
+    job of every attempt, oldest first (jobs.json's `history`, then the current ones)."""
+    history = record.get("history", [])
+    pretrain = [h["pretrain"]["job_id"] for h in history] + [record["pretrain"]["job_id"]]
+    evals = [(h.get("eval") or {}).get("job_id") for h in history]
+    current_eval = (record.get("eval") or {}).get("job_id")
+    return {
+        "slurm.pretrain_job_id": pretrain[-1],
+        "slurm.eval_job_id": current_eval or "",
+        "slurm.pretrain_job_ids": ",".join(pretrain),
+        "slurm.eval_job_ids": ",".join(e for e in [*evals, current_eval] if e),
+        "slurm.resubmissions": str(len(history)),
+    }
+
+
+def tag_run(record: dict[str, Any]) -> str | None:
+    """Names the chain's jobs on its MLflow run (`job_tags`), through the run's own tracker
+    (the journal keeps them if the server is down); returns a warning, or None."""
+    run_dir = record["run_dir"]
+    if not RunDir(run_dir).mlflow_run_id.is_file():
+        return None  # tracking.enabled=false
+    from vice.pipeline import load_config
+    from vice.tracking import build_tracker
+
+    try:
+        tracker = build_tracker(load_config(run_dir).tracking, run_dir)
+        tracker.set_tags(job_tags(record))
+        sent = tracker.close()
+    except Exception as err:  # the jobs are queued; a tag is not worth failing for
+        return f"{run_dir}: MLflow tags not updated ({type(err).__name__}: {err})"
+    if not sent:
+        return f"{run_dir}: MLflow tags kept in the run's journal until the server answers"
+    return None
+
+
 def _submit(params: dict[str, Any], task: Any, run_dir: str) -> str:
     import submitit
 

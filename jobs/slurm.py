@@ -90,7 +90,13 @@ class PretrainTask:
         # torchrun's agent then logs (to the .err log, timestamped) when the rendezvous
         # completed and which global ranks this node got: what one needs when a job hangs.
         child_env.setdefault("LOGLEVEL", "INFO")
-        result = stages.pretrain(self.run_dir, command, child_env)
+        try:
+            result = stages.pretrain(self.run_dir, command, child_env)
+        except BaseException as err:
+            # submitit will not requeue (requeues used up): the run ended FAILED just now.
+            if type(err).__name__ == "UncompletedJobError":
+                close_sweep_parent(self.run_dir)
+            raise
         if result.outcome == "stopped":
             # Not a failure: SLURM requeues a preempted or `scontrol requeue`d job, submitit
             # one that reached its time limit. The exception keeps a job that nobody requeues
@@ -103,12 +109,14 @@ class PretrainTask:
         if result.outcome == "failed":
             if node == 0:
                 stages.finish(self.run_dir, "FAILED")
+                close_sweep_parent(self.run_dir)
             raise RuntimeError(
                 f"pretraining failed: torchrun exited with code {result.exit_code} on node "
                 f"{node} ({hosts[node]}); run_dir: {self.run_dir}"
             )
         if node == 0 and not self.eval_follows:
             stages.after_pretraining(self.run_dir)  # eval.enabled=false: no evaluation
+            close_sweep_parent(self.run_dir)
         return result.exit_code
 
     def checkpoint(self) -> Any:
@@ -117,6 +125,39 @@ class PretrainTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+def close_sweep_parent(run_dir: str) -> None:
+    """After this point's MLflow run ended: the sweep's parent run ends too once no point
+    runs, with the worst point's status (`jobs.sweep_summary`). Best effort."""
+    try:
+        from jobs.sweep_summary import close_parent_if_done
+        from vice.pipeline import load_config
+
+        tracking = load_config(run_dir).tracking
+        if tracking.enabled and (
+            status := close_parent_if_done(Path(run_dir).parent, tracking.uri)
+        ):
+            log(f"every point of the sweep has ended: its parent MLflow run is {status}")
+    except Exception as err:
+        log(f"sweep parent run not updated: {type(err).__name__}: {err}")
+
+
+def _name_eval_job(run_dir: str) -> None:
+    """The eval job names itself on the run: the one that ran, whichever eval was queued
+    before it (a resubmission cancels and replaces evals). Best effort: the eval matters."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return
+    try:
+        from vice.pipeline import load_config
+        from vice.tracking import build_tracker
+
+        tracker = build_tracker(load_config(run_dir).tracking, run_dir)
+        tracker.set_tags({"slurm.eval_job_id": job_id, "slurm.eval_job_ran": job_id})
+        tracker.close()
+    except Exception as err:
+        log(f"MLflow tags of eval job {job_id} not set: {type(err).__name__}: {err}")
 
 
 @dataclass
@@ -131,7 +172,11 @@ class EvalTask:
         from vice.eval.evaluate import format_summary
 
         log(f"eval of {self.run_dir}; code: vice from {Path(vice.__file__).parent}")
-        metrics = stages.after_pretraining(self.run_dir)
+        _name_eval_job(self.run_dir)
+        try:
+            metrics = stages.after_pretraining(self.run_dir)
+        finally:  # FINISHED or FAILED: this point's run has ended
+            close_sweep_parent(self.run_dir)
         print(format_summary(metrics), flush=True)
         log(f"metrics: {RunDir(self.run_dir).metrics}")
         return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}

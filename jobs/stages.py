@@ -1,5 +1,5 @@
-"""The stages of a run, the same on every path: pretrain -> evaluate -> figures -> sweep summary
--> finish the MLflow run.
+"""The stages of a run, the same on every path: pretrain -> evaluate -> model -> figures -> sweep
+summary -> finish the MLflow run.
 
 The local launch (`jobs/local.py`) runs them one after the other in one process. On SLURM the
 pretrain job runs `pretrain` on every node and the eval job, which SLURM starts only after
@@ -34,26 +34,39 @@ def open_run(
     run_dir: Path,
     run_name: str | None = None,
     parent_run_id: str | None = None,
+    overrides: list[str] | None = None,
+    on_slurm: bool = False,
 ) -> Tracker:
     """Before the stages: the resolved config into the run directory, and its MLflow run
-    (created now; every later process reopens it by the id kept in the run directory).
+    (created now; every later process reopens it by the id kept in the run directory), with
+    its name and the tags that tell where it came from.
 
     Args:
         cfg: The validated config, written as the run directory's config.yaml.
         run_dir: The run directory (exists).
-        run_name: The MLflow run's name where tracking.run_name is not set.
+        run_name: The MLflow run's name where tracking.run_name is not set (see
+            `vice.tracking.run_name`: the experiment and the overrides that distinguish it).
         parent_run_id: The sweep's MLflow run to nest this run under.
+        overrides: The command line's overrides, kept in the `overrides` tag.
+        on_slurm: Whether the run is a SLURM job chain (MLflow's source type JOB, else LOCAL).
     """
     from vice.pipeline import write_config
-    from vice.tracking import build_tracker
+    from vice.tracking import PARENT_RUN_TAG, RUN_NAME_TAG, build_tracker, source_tags
 
     path = write_config(cfg, run_dir)
-    tracker = build_tracker(
-        cfg.tracking,
-        run_dir,
-        run_name=cfg.tracking.run_name or run_name,
-        parent_run_id=parent_run_id,
-    )
+    name = cfg.tracking.run_name or run_name
+    tracker = build_tracker(cfg.tracking, run_dir, run_name=name, parent_run_id=parent_run_id)
+    tags = {
+        **source_tags("jobs/launch.py", "JOB" if on_slurm else "LOCAL"),
+        "overrides": shlex.join(overrides or []),
+        "run_dir": str(run_dir),
+    }
+    # Name and parent also as tags: they hold whichever process creates the run (an outage).
+    if name:
+        tags[RUN_NAME_TAG] = name
+    if parent_run_id:
+        tags[PARENT_RUN_TAG] = parent_run_id
+    tracker.set_tags(tags)
     tracker.log_artifact(path)
     return tracker
 
@@ -81,7 +94,14 @@ def pretrain(run_dir: str | Path, command: list[str], env: dict[str, str]) -> Pr
     """
     stops_before = len(read_stops(run_dir))
     log(f"torchrun: {shlex.join(command)}")
-    code = _wait(subprocess.Popen(command, env=env))
+    try:
+        code = _wait(subprocess.Popen(command, env=env))
+    except BaseException as err:
+        # submitit raises this (on global rank 0 only) when it will not requeue the job: the
+        # time limit came once more than trainer.max_requeues allows. The run ends here.
+        if type(err).__name__ == "UncompletedJobError":
+            finish(run_dir, "FAILED")
+        raise
     log(f"torchrun exited with code {code}")
     stops = read_stops(run_dir)
     if len(stops) > stops_before:
@@ -143,9 +163,26 @@ def sweep_summary(cfg: Config, run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def log_model(cfg: Config, run_dir: str | Path, tracker: Tracker) -> Path | None:
+    """The pretrained network as an MLflow model of the run (saved into the run directory,
+    then sent, so an outage delays it and loses nothing). Worth less than the run: a failure
+    is logged, never raised."""
+    from vice.pipeline import save_mlflow_model
+
+    if not cfg.tracking.enabled:
+        return None
+    try:
+        path = save_mlflow_model(cfg, run_dir)
+    except Exception as err:
+        log(f"MLflow model not saved (the run goes on): {type(err).__name__}: {err}")
+        return None
+    tracker.log_model(path)
+    return path
+
+
 def finish(run_dir: str | Path, status: str) -> None:
-    """Marks the run's MLflow run `status`, best effort: where this is called, a job's own
-    error is what matters."""
+    """Marks the run's MLflow run `status` (FINISHED, FAILED, or KILLED: stopped and not
+    requeued), best effort: where this is called, a job's own error is what matters."""
     try:
         from vice.pipeline import load_config
         from vice.tracking import build_tracker
@@ -156,7 +193,7 @@ def finish(run_dir: str | Path, status: str) -> None:
 
 
 def after_pretraining(run_dir: str | Path) -> dict[str, Any]:
-    """evaluate -> figures -> sweep summary -> finish (FINISHED, or FAILED when the
+    """evaluate -> model -> figures -> sweep summary -> finish (FINISHED, or FAILED when the
     evaluation fails); returns the evaluation's metrics."""
     from vice.pipeline import load_config
     from vice.tracking import build_tracker
@@ -165,9 +202,13 @@ def after_pretraining(run_dir: str | Path) -> dict[str, Any]:
     tracker = build_tracker(cfg.tracking, run_dir)
     try:
         metrics = evaluate(cfg, run_dir, tracker)
+    except KeyboardInterrupt:  # Ctrl-C during a local run's evaluation
+        tracker.finish("KILLED")
+        raise
     except BaseException:
         tracker.finish("FAILED")
         raise
+    log_model(cfg, run_dir, tracker)
     figures(cfg, run_dir, tracker)
     sweep_summary(cfg, run_dir)
     tracker.finish("FINISHED")

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vice.run_dir import RunDir
+from vice.run_dir import RunDir, SweepDir
 
 
 def primary_metric(metrics: dict[str, Any]) -> str | None:
@@ -115,3 +115,39 @@ def update_parent_summary(run_dir: str | Path, tracking_uri: str) -> dict[str, A
         for name, value in tags.items():
             client.set_tag(parent, name, value)
     return {"rows": rows, "best": best[0]["num"] if best else None, "markdown": md}
+
+
+# MLflow's terminal run statuses, the worst first: a sweep is as bad as its worst point.
+_WORST_FIRST = ("FAILED", "KILLED", "FINISHED")
+
+
+def close_parent_if_done(
+    sweep_dir: str | Path, tracking_uri: str, client: Any = None
+) -> str | None:
+    """Ends the sweep's parent run once no point's run is RUNNING (or SCHEDULED), with the
+    worst point's status; returns that status, or None while a point still runs (or for no
+    sweep). Every process that ends a point's run calls this: the last one closes the parent.
+
+    Args:
+        sweep_dir: The sweep directory (its `mlflow_parent_run_id`, its points' run dirs).
+        tracking_uri: The MLflow tracking URI.
+        client: An `MlflowClient` (tests); None: one for `tracking_uri`.
+    """
+    sweep = SweepDir(sweep_dir)
+    if not sweep.parent_run_id.is_file():
+        return None
+    parent = sweep.parent_run_id.read_text().strip()
+    if client is None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+    statuses = []
+    for row in collect(sweep.path):
+        if row["run_id"]:
+            statuses.append(client.get_run(row["run_id"]).info.status)
+    ended = [s for s in statuses if s in _WORST_FIRST]
+    if not statuses or len(ended) < len(statuses):
+        return None
+    status = min(ended, key=_WORST_FIRST.index)
+    client.set_terminated(parent, status)
+    return status

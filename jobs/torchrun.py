@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PRETRAIN_SCRIPT = Path(__file__).resolve().parent / "pretrain.py"
+AGENT_SCRIPT = Path(__file__).resolve().parent / "torchrun_agent.py"  # torchrun, quiet on stops
 # What torchrun forwards to the training processes: SLURM's SIGTERM (preemption, requeue),
 # submitit's SIGUSR2 (time limit near), Ctrl-C, and hang-ups.
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
@@ -35,7 +36,7 @@ def torchrun_command(
     script: str | Path = PRETRAIN_SCRIPT,
     python: str = sys.executable,
 ) -> list[str]:
-    """`python -m torch.distributed.run ... <script> <run_dir>`.
+    """`python <jobs>/torchrun_agent.py ... <script> <run_dir>` (torchrun's arguments).
 
     Args:
         run_dir: The run directory; the training processes read their config from it.
@@ -57,10 +58,11 @@ def torchrun_command(
             # nodes share a host name or resolve to one address.
             f"--rdzv-conf=is_host={int(rendezvous.is_host)}",
         ]
+    # torchrun through jobs/torchrun_agent.py (next to `script`: the snapshot's copy on
+    # SLURM), which ends a stop-signal shutdown with one line instead of a traceback.
     return [
         python,
-        "-m",
-        "torch.distributed.run",
+        str(Path(script).parent / AGENT_SCRIPT.name),
         *nodes,
         f"--nproc-per-node={nproc_per_node}",
         *rdzv,

@@ -52,7 +52,7 @@ class JobState:
         return out
 
 
-def _run(command: Sequence[str]) -> str:
+def run_quiet(command: Sequence[str]) -> str:
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
@@ -64,13 +64,15 @@ def query_states(job_ids: Sequence[str]) -> dict[str, JobState]:
     """Live state from squeue (with the pending reason), else the final one from sacct."""
     ids = ",".join(job_ids)
     states: dict[str, JobState] = {}
-    for line in _run(["squeue", "-h", "-t", "all", "-j", ids, "-o", "%i|%T|%r|%N"]).splitlines():
+    for line in run_quiet(
+        ["squeue", "-h", "-t", "all", "-j", ids, "-o", "%i|%T|%r|%N"]
+    ).splitlines():
         job_id, state, reason, nodes = [*line.split("|"), "", "", ""][:4]
         states[job_id.strip()] = JobState(state.strip(), reason.strip(), nodes.strip())
     sacct = [
         "sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State,Reason,NodeList,ExitCode,Elapsed",
     ]  # fmt: skip
-    for line in _run(sacct).splitlines():
+    for line in run_quiet(sacct).splitlines():
         fields = [*line.split("|"), *[""] * 6][:6]
         job_id, state = fields[0].strip(), fields[1].split()[0] if fields[1].strip() else ""
         if not state:
@@ -113,7 +115,7 @@ _ROOT_FIELD = re.compile(r"^\s*(host|rank|traceback)\s*: (.*)$")
 _KILLED = re.compile(r"Signal (\d+) \((\w+)\) received by PID")
 
 
-def _read_lines(path: str | Path) -> list[str] | None:
+def read_lines(path: str | Path) -> list[str] | None:
     try:
         text = Path(path).read_text(errors="replace")
     except OSError:
@@ -121,13 +123,26 @@ def _read_lines(path: str | Path) -> list[str] | None:
     return [_RANK_PREFIX.sub("", line) for line in text.splitlines()]
 
 
-def _last_segment(lines: list[str]) -> list[str]:
-    """The lines since the task's last start (all of them for a log without start lines)."""
+def _starts(lines: list[str]) -> list[int]:
+    """Indices of the task's start lines, of the first kind of start line the log holds."""
     for start in _STARTS:
         marks = [i for i, line in enumerate(lines) if start.search(line)]
         if marks:
-            return lines[marks[-1] :]
-    return lines
+            return marks
+    return []
+
+
+def segments(lines: list[str]) -> list[list[str]]:
+    """A task log cut at each start of the task (one segment per start: the first, then one
+    per requeue); a log without start lines is one segment."""
+    marks = _starts(lines) or [0]
+    return [lines[a:b] for a, b in zip(marks, [*marks[1:], len(lines)], strict=True)]
+
+
+def _last_segment(lines: list[str]) -> list[str]:
+    """The lines since the task's last start (all of them for a log without start lines)."""
+    marks = _starts(lines)
+    return lines[marks[-1] :] if marks else lines
 
 
 def _not_requeued(reason: str, timeouts: int, max_requeues: int | None) -> str:
@@ -175,19 +190,19 @@ def last_cause(paths: Sequence[str | Path], max_requeues: int | None = None) -> 
         max_requeues: `trainer.max_requeues` of the run, to name in the cause; None: the
             value the logs imply.
     """
-    logs = [lines for lines in map(_read_lines, paths) if lines is not None]
-    segments = [_last_segment(lines) for lines in logs]
-    stopped = any(_STOPPED.search(line) for seg in segments for line in seg)
+    logs = [lines for lines in map(read_lines, paths) if lines is not None]
+    lasts = [_last_segment(lines) for lines in logs]
+    stopped = any(_STOPPED.search(line) for seg in lasts for line in seg)
     timeouts = max((sum(bool(_TIMED_OUT.search(x)) for x in lines) for lines in logs), default=0)
-    for seg in segments:
+    for seg in lasts:
         for line in seg:
             if m := _NOT_REQUEUED.search(line):
                 return _not_requeued(m.group(1), timeouts, max_requeues)
-    for seg in segments:
+    for seg in lasts:
         if killed := _killed_worker(seg, stopped):
             return killed
     wrapper = None
-    for seg in segments:
+    for seg in lasts:
         for line in seg:
             if wrapper is None and "pretraining failed:" in line:
                 wrapper = line[line.index("pretraining failed:") :].strip()
@@ -227,7 +242,7 @@ def progress_log(paths: Sequence[str | Path]) -> str | None:
     return best
 
 
-def _max_requeues(run_dir: str) -> int | None:
+def configured_max_requeues(run_dir: str) -> int | None:
     import yaml
 
     try:
@@ -244,7 +259,7 @@ def _report_failure(chain: Chain, stage: str, out: Callable[[str], None], state:
     if progress:
         out(f"  progress log: {progress}")
     paths = [entry[key] for entry in logs for key in ("stderr", "stdout")]
-    cause = last_cause(paths, _max_requeues(chain.run_dir))
+    cause = last_cause(paths, configured_max_requeues(chain.run_dir))
     if cause is None and state == "NODE_FAIL":
         cause = "a node of the job failed (SLURM state NODE_FAIL)"
     if cause:
@@ -254,6 +269,23 @@ def _report_failure(chain: Chain, stage: str, out: Callable[[str], None], state:
         out(f"  fix: {hint}")
     for entry in logs:
         out(f"  log: {entry['stderr']}")
+
+
+def _print_metrics(chain: Chain, out: Callable[[str], None]) -> None:
+    """The metrics table a local run prints at its end (jobs/launch.py print_summary)."""
+    import json
+
+    from vice.eval.summary import format_summary
+
+    try:
+        metrics = json.loads(RunDir(chain.run_dir).metrics.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        out(f"  metrics unreadable: {err}")
+        return
+    if metrics:
+        out("\n".join(f"  {line}" for line in format_summary(metrics).splitlines()))
+    if chain.mlflow_run_id:
+        out(f"  mlflow_run_id: {chain.mlflow_run_id}")
 
 
 def wait_for(
@@ -268,16 +300,29 @@ def wait_for(
         jobs.append((chain, "pretrain", chain.pretrain_id))
         if chain.eval_id:
             jobs.append((chain, "eval", chain.eval_id))
+    from jobs import status  # imports this module
+
     seen: dict[str, str] = {}
     final: dict[str, JobState] = {}
     stuck_since: dict[str, float] = {}
+    ran: set[str] = set()  # jobs seen running: a PENDING [BeginTime] after that is a requeue
+    told: set[tuple[int, status.Event]] = set()
     while any(job_id not in final for _, _, job_id in jobs):
         states = query([job_id for _, _, job_id in jobs if job_id not in final])
+        # What the logs and stops.jsonl say happened since the last poll (the same lines as
+        # tools/status.py): preempted, stopped at step N, requeued, resumed at step N.
+        for chain in chains:
+            for event in status.chain_events(status.record_of(chain)):
+                if (chain.num, event) not in told:
+                    told.add((chain.num, event))
+                    out(f"[{event.clock}] #{chain.num} {event.text}")
         for chain, stage, job_id in jobs:
             if job_id in final or job_id not in states:
                 continue
             state = states[job_id]
-            text = state.text()
+            if state.state in ("RUNNING", "COMPLETING"):
+                ran.add(job_id)
+            text = status.state_text(state, job_id in ran)
             if seen.get(job_id) != text:
                 seen[job_id] = text
                 out(f"[{stamp()}] #{chain.num} {stage} job {job_id}: {text}")
@@ -288,7 +333,7 @@ def wait_for(
                 # flag would keep it pending forever.
                 first = stuck_since.setdefault(job_id, time.monotonic())
                 if time.monotonic() - first > 60:
-                    _run(["scancel", job_id])
+                    run_quiet(["scancel", job_id])
         if any(job_id not in final for _, _, job_id in jobs):
             time.sleep(poll_s)
     results = {}
@@ -305,6 +350,7 @@ def wait_for(
             ev = final[chain.eval_id]
             if ev.state == "COMPLETED":
                 out(f"  eval job {chain.eval_id} COMPLETED: {RunDir(chain.run_dir).metrics}")
+                _print_metrics(chain, out)
             elif not ok and ev.state == "CANCELLED":
                 out(
                     f"  eval job {chain.eval_id} CANCELLED, never started: "

@@ -79,7 +79,7 @@ def one_thread():
 
 class _Recorder(Tracker):
     def __init__(self):
-        self.metrics, self.tags, self.artifacts = {}, {}, []
+        self.metrics, self.tags, self.artifacts, self.inputs = {}, {}, [], []
 
     def log_metrics(self, metrics, step):
         assert step == 0
@@ -90,6 +90,9 @@ class _Recorder(Tracker):
 
     def log_artifact(self, path, artifact_path=None):
         self.artifacts.append((path.name, artifact_path))
+
+    def log_inputs(self, datasets):
+        self.inputs += datasets
 
 
 def test_untrained_network_is_the_seeded_export_and_leaves_the_rng_alone():
@@ -139,6 +142,16 @@ def test_evaluate_run_logs_floors_and_margins(tmp_path, one_thread):
         assert tracker.tags[f"eval.margin.{key}.floor"] == metrics[f"margin.{key}.floor"]
     assert all(isinstance(v, float) for v in tracker.metrics.values())
     assert ("metrics.json", "eval") in tracker.artifacts
+    # one headline to sort runs by, and its margin over the strongest floor
+    assert tracker.metrics["miou"] == metrics["clustering.8.miou"]
+    assert tracker.metrics["miou_margin"] == metrics["margin.clustering.8.miou"]
+    # bookkeeping is tags, not metrics
+    for key in ("num_images", "image_size", "num_classes", "linear.train_images"):
+        assert f"eval.{key}" not in tracker.metrics and tracker.tags[f"eval.{key}"] == metrics[key]
+    assert tracker.tags["eval.image_size"] == 32 and tracker.tags["eval.num_images"] == 4
+    (eval_input,) = tracker.inputs
+    assert eval_input["name"] == "synthetic/val" and eval_input["context"] == "eval"
+    assert json.loads(eval_input["profile"]) == {"split": "val", "num_images": 4}
 
     # The random_init floor is the untrained network: evaluated directly, it scores the same.
     cfg.eval.floors.enabled = False
@@ -154,7 +167,10 @@ def test_evaluate_run_without_floors(tmp_path, one_thread):
     tracker = _Recorder()
     metrics = evaluate_run(cfg, tmp_path, tracker, model=untrained_network(cfg))
     assert not any(k.startswith(("floors.", "margin.")) for k in metrics)
-    assert "eval.region.nn_same_class" in tracker.metrics and not tracker.tags
+    assert "eval.region.nn_same_class" in tracker.metrics
+    assert not any(k.startswith("eval.margin.") for k in tracker.tags)
+    assert tracker.metrics["miou"] == metrics["clustering.8.miou"]
+    assert "miou_margin" not in tracker.metrics
 
 
 def test_floor_names_are_validated():

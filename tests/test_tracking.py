@@ -131,3 +131,138 @@ def test_git_info_of_a_code_snapshot_comes_from_its_manifest(tmp_path):
     # a plain directory inside some other checkout is not that checkout's code
     inner = Path(__file__).resolve().parent
     assert git_info(inner) == {}
+
+
+def test_run_name_is_the_experiment_and_the_overrides_that_distinguish_it():
+    from vice.tracking import run_name
+
+    assert run_name("smoke", ["optim.lr=0.3", "trainer.nodes=2"]) == "smoke lr=0.3 nodes=2"
+    # experiment=, tracking, hydra and launch overrides do not change what is trained
+    overrides = ["experiment=smoke", "tracking.uri=sqlite:///x.db", "hydra.run.dir=/o",
+                 "launch.wait=true", "+trainer.foo=1"]  # fmt: skip
+    assert run_name("smoke", overrides) == "smoke foo=1"
+    # an ambiguous short key keeps its full name
+    assert run_name("local", ["optim.lr=0.1", "probe.lr=2"]) == "local optim.lr=0.1 probe.lr=2"
+    assert run_name(None, []) == "default" and run_name("local", []) == "local"
+    assert len(run_name("x", [f"a.k{i}={'v' * 20}" for i in range(30)])) == 250
+
+
+def test_run_params_leave_out_unset_values_and_slurm_keys_on_a_local_run():
+    from dataclasses import asdict
+
+    from vice.config import Config
+    from vice.tracking import run_params
+
+    cfg = Config()
+    cfg.run_dir = "/runs/a"
+    local = run_params(asdict(cfg), on_slurm=False)
+    assert not any(k.startswith(("cluster.", "launch.")) for k in local)
+    assert None not in local.values() and "run_dir" not in local
+    assert local["optim.lr"] == cfg.optim.lr and local["tracking.experiment"] == "vice"
+    slurm = run_params(asdict(cfg), on_slurm=True)
+    assert slurm["cluster.time_min"] == 60 and "cluster.account" not in slurm  # None
+    assert set(slurm) - set(local) == {k for k in slurm if k.startswith(("cluster.", "launch."))}
+
+
+def test_ui_command_works_as_printed(tmp_path, monkeypatch):
+    import socket
+    import sys
+
+    from vice.tracking import ui_command
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as taken:  # 5000 is often taken on a login node
+        taken.bind(("127.0.0.1", 5000))
+        taken.listen()
+        command = ui_command("sqlite:///mlflow.db", "3", "abc")
+    exe = Path(sys.executable).parent / "mlflow"
+    assert command.startswith(f"{exe} ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db ")
+    port = int(command.split("--port ")[1].split()[0])
+    assert port != 5000
+    assert command.endswith(f"# then open http://127.0.0.1:{port}/#/experiments/3/runs/abc")
+    assert ui_command("http://h:5001/", "3") == "open http://h:5001/#/experiments/3"
+
+
+def _sqlite(tmp_path):
+    return TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="t")
+
+
+@pytest.mark.slow
+def test_one_run_per_run_dir_when_another_process_created_it(tmp_path):
+    """A tracker that started while the server was down (the launcher) connects later and
+    finds the run training's tracker created meanwhile: one run, not two."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = _sqlite(tmp_path)
+    launcher = MlflowTracker.__new__(MlflowTracker)  # as if created while the server was down
+    launcher.__init__(TrackingConfig(uri="http://127.0.0.1:9", experiment="t"), tmp_path,
+                      run_name="smoke", background=False)  # fmt: skip
+    assert launcher.run_id is None
+    launcher.set_tags({"overrides": "optim.lr=0.3"})
+    training = MlflowTracker(cfg, tmp_path, background=False)  # the server answers now
+    launcher.client, launcher.cfg = MlflowClient(cfg.uri), cfg
+    assert launcher.flush() and launcher.run_id == training.run_id == read_run_id(tmp_path)
+    runs = MlflowClient(cfg.uri).search_runs([training.experiment_id])
+    assert [r.data.tags["overrides"] for r in runs] == ["optim.lr=0.3"]
+
+
+@pytest.mark.slow
+def test_run_name_tag_and_statuses_follow_the_journal(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = _sqlite(tmp_path)
+    first = MlflowTracker(cfg, tmp_path)  # created without a name (e.g. by training)
+    first.set_tags({"mlflow.runName": "smoke lr=0.3"})
+    first.finish("KILLED")  # Ctrl-C
+    client = MlflowClient(cfg.uri)
+    run = client.get_run(first.run_id)
+    assert (run.info.run_name, run.info.status) == ("smoke lr=0.3", "KILLED")
+    again = MlflowTracker(cfg, tmp_path, background=False)  # the run is continued
+    assert again.flush() and client.get_run(first.run_id).info.status == "RUNNING"
+    again.finish("FINISHED")
+    quiet = MlflowTracker(cfg, tmp_path, background=False, reopen=False)  # a sync tool
+    assert quiet.flush() and client.get_run(first.run_id).info.status == "FINISHED"
+    assert first.journal.record()["status"] == "FINISHED"
+
+
+@pytest.mark.slow
+def test_model_and_dataset_inputs_are_logged_and_the_model_loads_and_runs(tmp_path):
+    import mlflow.pytorch
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from vice.tracking import dataset_input
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    saved = tmp_path / "mlflow_model"
+    requirements = [f"torch=={torch.__version__}"]
+    mlflow.pytorch.save_model(network, saved, pip_requirements=requirements,
+                              serialization_format="pickle")  # fmt: skip
+    cfg = _sqlite(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tracker = MlflowTracker(cfg, run_dir, background=False)
+    tracker.log_params({"optim.lr": 0.3})
+    tracker.log_inputs([dataset_input("coco", "/data/coco", "train2017", 118287, "train")])
+    tracker.log_metrics({"eval.linear.miou": 0.25, "miou": 0.2}, step=0)
+    tracker.log_model(saved)
+    tracker.log_model(saved)  # sent twice (a retry after a lost answer): one model
+    tracker.finish()
+
+    client = MlflowClient(cfg.uri)
+    run = client.get_run(tracker.run_id)
+    (model_output,) = run.outputs.model_outputs
+    model = client.get_logged_model(model_output.model_id)
+    assert model.name == "model" and model.params["optim.lr"] == "0.3"
+    assert {m.key: m.value for m in model.metrics} == {"eval.linear.miou": 0.25, "miou": 0.2}
+    assert len(client.get_metric_history(tracker.run_id, "miou")) == 1  # not doubled
+    loaded = mlflow.pytorch.load_model(f"models:/{model.model_id}")
+    image_B3HW = torch.rand(1, 3, 8, 8)
+    assert torch.equal(loaded(image_B3HW), network(image_B3HW))
+    (inp,) = run.inputs.dataset_inputs
+    assert (inp.dataset.name, inp.dataset.source_type) == ("coco/train2017", "local")
+    assert '"num_images": 118287' in inp.dataset.profile
+    assert '"/data/coco"' in inp.dataset.source
+    assert [(t.key, t.value) for t in inp.tags] == [("mlflow.data.context", "train")]
+    assert tracker.journal.record()["models"] == ["model"]

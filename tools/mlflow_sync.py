@@ -4,10 +4,13 @@
     python tools/mlflow_sync.py outputs/2026-11-22/10-00-00 --check-only
 
 Each run directory keeps a journal (`<run_dir>/tracking/`): operations MLflow has not
-accepted yet (an outage, a crash) and every metric value ever logged. This tool sends the
-pending operations in order (metric steps MLflow already holds are skipped, so nothing is
-duplicated), then compares MLflow's metric history with the journal: every logged (key, step)
-must be there exactly once. Exit code 0 only when every run checks out.
+accepted yet (an outage, a crash), every metric value ever logged, and the run's params,
+tags, artifacts, models and status as logged. This tool sends the pending operations in
+order (metric steps MLflow already holds are skipped, so nothing is duplicated), restores
+the run's logged status (FINISHED, FAILED, KILLED; it never reopens a run), then compares
+MLflow's run with the journal: every logged (key, step) exactly once, every param, tag,
+artifact and model there with its value, the same status. Exit code 0 only when every run
+checks out; 3, in one line, when a tracking server does not answer.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,7 +51,8 @@ def sync(run_dir: Path, send: bool) -> list[str]:
     cfg = load_config(run_dir)
     journal = Journal(run_dir)
     if send:
-        tracker = MlflowTracker(cfg.tracking, run_dir, background=False)
+        # reopen=False: sending what others logged must not turn a FINISHED run RUNNING.
+        tracker = MlflowTracker(cfg.tracking, run_dir, background=False, reopen=False)
         tracker.flush()
         if tracker.journal.pending():
             return [f"MLflow ({cfg.tracking.uri}) did not accept the pending operations"]
@@ -55,13 +60,66 @@ def sync(run_dir: Path, send: bool) -> list[str]:
     if run_id is None:
         return ["no MLflow run yet (the server never answered); run without --check-only"]
     problems = [f"still pending: {len(journal.pending())} operations"] if journal.pending() else []
-    ledger = journal.ledger()
     client = MlflowClient(cfg.tracking.uri)
+    record = journal.record()
+    run = client.get_run(run_id)
+    if send and record["status"] and run.info.status != record["status"]:
+        restore_status(client, run_id, record["status"])
+        run = client.get_run(run_id)
+    ledger = journal.ledger()
     history = {
         key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
         for key in sorted({row["key"] for row in ledger})
     }
-    return problems + compare_history(ledger, history)
+    return problems + compare_run(client, run, record) + compare_history(ledger, history)
+
+
+def restore_status(client: Any, run_id: str, status: str) -> None:
+    """Sets the run's status to the one its journal logged last."""
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client.set_terminated(run_id, status)
+
+
+def compare_run(client: Any, run: Any, record: dict[str, Any]) -> list[str]:
+    """What the server's run lacks or holds otherwise than the journal's record logged."""
+    problems = []
+    for kind, held in (("param", run.data.params), ("tag", run.data.tags)):
+        for key, value in sorted(record[f"{kind}s"].items()):
+            if key not in held:
+                problems.append(f"missing {kind}: {key}")
+            elif held[key] != value:
+                problems.append(f"different {kind}: {key} is {held[key]!r}, logged {value!r}")
+    if record["status"] and run.info.status != record["status"]:
+        problems.append(f"status: {run.info.status}, logged {record['status']}")
+    folders: dict[str, set[str]] = {}
+    for path in record["artifacts"]:
+        folder = path.rpartition("/")[0]
+        if folder not in folders:
+            listed = client.list_artifacts(run.info.run_id, folder or None)
+            folders[folder] = {a.path for a in listed}
+        if path not in folders[folder]:
+            problems.append(f"missing artifact: {path}")
+    outputs = run.outputs.model_outputs if run.outputs else []
+    models = {client.get_logged_model(o.model_id).name for o in outputs}
+    problems += [f"missing model: {name}" for name in record["models"] if name not in models]
+    return problems
+
+
+def unreachable(uri: str) -> str | None:
+    """Why the tracking server at `uri` does not answer (one line), or None when it does."""
+    from mlflow.tracking import MlflowClient
+
+    from vice.tracking import quick_http_failures
+
+    quick_http_failures()  # one quick attempt, no retry warnings
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as err:
+        text = str(err).strip()
+        return text.splitlines()[0][:200] if text else type(err).__name__
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     if not dirs:
         print(f"error: no run directories under {', '.join(args.paths)}", file=sys.stderr)
         return 2
+    from vice.pipeline import load_config
     from vice.tracking_journal import Journal
 
+    for uri in sorted({load_config(d).tracking.uri for d in dirs}):
+        why = unreachable(uri)
+        if why is not None:
+            print(
+                f"error: MLflow at {uri} does not answer ({why}); nothing was sent or checked: "
+                "start it (python tools/mlflow_server.py start ...) and run this again",
+                file=sys.stderr,
+            )
+            return 3
     failed = 0
     for run_dir in dirs:
         values = len(Journal(run_dir).ledger())
@@ -89,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             for problem in problems[:20]:
                 print(f"  {problem}")
         else:
-            print(f"ok   {run_dir}: all {values} logged metric values are in MLflow, once each")
+            print(
+                f"ok   {run_dir}: all {values} logged metric values are in MLflow, once each; "
+                "params, tags, artifacts, models and status as logged"
+            )
     print(f"{len(dirs) - failed}/{len(dirs)} runs complete in MLflow")
     return 1 if failed else 0
 

@@ -20,7 +20,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobs.resubmit import chain_states, find_records, format_table, resubmit  # noqa: E402
+from jobs.resubmit import (  # noqa: E402
+    chain_states,
+    find_records,
+    format_table,
+    resubmit,
+    tag_run,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             f"resubmitted {chain.run_dir} ({why}): pretrain job {new['pretrain']['job_id']}, "
             f"eval job {eval_id}"
         )
+        # The run's tags name the new jobs now, not the cancelled eval (issue 21).
+        warning = tag_run(new)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     if args.dry_run:
         print("dry run: nothing was submitted")
     return code

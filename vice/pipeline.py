@@ -16,9 +16,16 @@ from vice.config import Config
 from vice.hydra_schema import to_config
 from vice.hydra_schema import write_config as write_config  # re-exported
 from vice.run_dir import RunDir
-from vice.tracking import Tracker, build_tracker
+from vice.tracking import Tracker, build_tracker, dataset_input
 
 log = logging.getLogger(__name__)
+
+# Eval numbers that describe the evaluation rather than score the network: tags, not metrics.
+EVAL_BOOKKEEPING = frozenset(
+    {"num_images", "num_classes", "image_size", "skipped_images", "linear.train_images",
+     "mask_kmeans.clusters"}
+)  # fmt: skip
+MLFLOW_MODEL_DIR = "mlflow_model"  # the run directory's copy of the logged MLflow model
 
 
 def load_config(run_dir: str | Path) -> Config:
@@ -73,8 +80,10 @@ def evaluate_run(
     model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Evaluates the run's network and the floors (`eval.floors`) on the eval split; logs
-    every number as `eval.<key>` into the run's MLflow run, and the strongest floor of each
-    margin as the tag `eval.margin.<key>.floor`."""
+    every score as the metric `eval.<key>` into the run's MLflow run, with the headline
+    metrics (`headline_metrics`), the strongest floor of each margin as the tag
+    `eval.margin.<key>.floor`, the bookkeeping (EVAL_BOOKKEEPING) as `eval.<key>` tags, and
+    the eval split as a dataset input."""
     from vice.data.datasets import build_source
     from vice.eval.evaluate import evaluate
     from vice.eval.floors import build_floors
@@ -118,20 +127,65 @@ def evaluate_run(
     numeric = {
         k: float(v)
         for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
+        if isinstance(v, int | float) and not isinstance(v, bool) and k not in EVAL_BOOKKEEPING
     }
-    tracker.log_metrics({f"eval.{k}": v for k, v in numeric.items()}, step=0)
-    floor_tags = {
+    scores = {f"eval.{k}": v for k, v in numeric.items()}
+    tracker.log_metrics({**scores, **headline_metrics(metrics)}, step=0)
+    tags = {
         f"eval.{k}": v
         for k, v in metrics.items()
-        if k.startswith("margin.") and k.endswith(".floor")
+        if (k.startswith("margin.") and k.endswith(".floor")) or k in EVAL_BOOKKEEPING
     }
-    if floor_tags:
-        tracker.set_tags(floor_tags)
+    if tags:
+        tracker.set_tags(tags)
+    if "num_images" in metrics:
+        tracker.log_inputs(
+            [dataset_input(cfg.data.dataset, cfg.data.root, cfg.data.eval_split,
+                           metrics["num_images"], "eval")]
+        )  # fmt: skip
     for path in (run.metrics, *run.eval_figures):
         if path.is_file():
             tracker.log_artifact(path, "eval")
     return metrics
+
+
+def headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """One number to sort runs by: `miou`, clustering mIoU at C = #classes (Hungarian; see
+    `vice.eval.summary.headline_key`), and `miou_margin`, its margin over the strongest floor
+    when floors were evaluated. {} when the clustering did not run."""
+    from vice.eval.summary import headline_key
+
+    key = headline_key(metrics)
+    if key is None:
+        return {}
+    out = {"miou": float(metrics[key])}
+    if f"margin.{key}" in metrics:
+        out["miou_margin"] = float(metrics[f"margin.{key}"])
+    return out
+
+
+def save_mlflow_model(cfg: Config, run_dir: str | Path) -> Path:
+    """The pretrained network (on the CPU) saved as an MLflow pytorch model in the run
+    directory (replacing an earlier copy), with the config beside it; the tracker sends it."""
+    import shutil
+
+    import mlflow.pytorch
+
+    path = RunDir(run_dir).path / MLFLOW_MODEL_DIR
+    if path.exists():
+        shutil.rmtree(path)
+    network = load_final_model(cfg, run_dir, torch.device("cpu"))
+    mlflow.pytorch.save_model(
+        network,
+        path,
+        pip_requirements=[f"torch=={torch.__version__}"],  # no inference pass in a subprocess
+        # Pickled (MLflow 3's default, pt2, traces the network and needs an input example);
+        # loading it needs the vice package importable.
+        serialization_format="pickle",
+        extra_files=[str(RunDir(run_dir).config)],
+        metadata={"method": cfg.method.name, "backbone": cfg.model.backbone},
+    )
+    return path
 
 
 def render_views(cfg: Config, run_dir: str | Path) -> list[Path]:

@@ -18,6 +18,10 @@ GPUs, read from NVML when `pynvml` (package nvidia-ml-py) imports, else from tor
            not touched is never initialised (a CUDA context costs ~500 MB of GPU memory).
 One sampler per node is enough (e.g. on local rank 0): the node-level numbers are the same
 from every process.
+
+Why not MLflow's own monitor (`set_system_metrics_node_id`): it logs straight to the server
+from each node, so an outage drops its values; these go with the step's metrics through rank
+0's tracker and its outage journal (`vice.tracking_journal`), and arrive exactly once.
 """
 
 from __future__ import annotations

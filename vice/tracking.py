@@ -7,11 +7,15 @@ later process (training ranks, resumed jobs, the evaluation) reopens that run.
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 import logging
 import os
+import shlex
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +32,13 @@ PARENT_RUN_TAG = "mlflow.parentRunId"  # what MLflow's UI nests child runs by
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
 # Asks the MLflow UI for its training-runs view instead of the GenAI one (cluster.md).
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+RUN_NAME_TAG = "mlflow.runName"  # set as a tag too, so whichever process creates the run names it
+MAX_RUN_NAME_CHARS = 250
+# Overrides that change where a run is tracked or how it is submitted, not what it trains:
+# left out of its name (the `overrides` tag keeps them).
+UNNAMED_OVERRIDES = ("hydra.", "tracking.", "launch.")
+# Params that only a SLURM job uses: left out of a local run's params.
+SLURM_ONLY_PARAMS = ("cluster.", "launch.")
 
 
 class Tracker:
@@ -43,6 +54,12 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
+    def log_model(self, path: str | Path, name: str = "model") -> None:
+        """An MLflow model saved at `path` (`mlflow.pytorch.save_model`), logged to the run."""
+
+    def log_inputs(self, datasets: list[dict[str, Any]]) -> None:
+        """Data sets the run read (`dataset_input`), as MLflow dataset inputs."""
+
     def finish(self, status: str = "FINISHED") -> None: ...
 
     def close(self) -> bool:
@@ -51,6 +68,114 @@ class Tracker:
 
     def ui_command(self) -> str:
         return ""
+
+
+def run_name(experiment: str | None, overrides: list[str]) -> str:
+    """What distinguishes a run: the experiment, then its overrides with the shortest key
+    that stays unambiguous, e.g. ["optim.lr=0.3", "trainer.nodes=2"] -> "smoke lr=0.3 nodes=2".
+
+    `experiment=...` itself and the overrides of UNNAMED_OVERRIDES are left out.
+    """
+    items = []
+    for item in overrides:
+        key, sep, value = item.lstrip("+~").partition("=")
+        if key == "experiment" or key.startswith(UNNAMED_OVERRIDES):
+            continue
+        items.append((key, sep, value))
+    last = [key.rsplit(".", 1)[-1] for key, _, _ in items]
+    words = [experiment] if experiment else []
+    for (key, sep, value), short in zip(items, last, strict=True):
+        words.append(f"{short if last.count(short) == 1 else key}{sep}{value}")
+    return " ".join(words)[:MAX_RUN_NAME_CHARS] or "default"
+
+
+def run_params(config: dict[str, Any], on_slurm: bool | None = None) -> dict[str, Any]:
+    """The flattened config as MLflow params, without what does not describe the run: unset
+    (None) values, the run directory (a tag), and on a local run the SLURM-only keys.
+
+    Args:
+        config: The config as a nested dict (`dataclasses.asdict(cfg)`).
+        on_slurm: Whether the run is a SLURM job; None: whether SLURM_JOB_ID is set (a local
+            run started inside a SLURM allocation keeps the cluster keys).
+    """
+    if on_slurm is None:
+        on_slurm = bool(os.environ.get("SLURM_JOB_ID"))
+    return {
+        key: value
+        for key, value in flatten(config).items()
+        if value is not None
+        and key != "run_dir"
+        and (on_slurm or not key.startswith(SLURM_ONLY_PARAMS))
+    }
+
+
+def source_tags(entry_point: str, source_type: str) -> dict[str, str]:
+    """MLflow's own source and user tags (its Source and User columns): `mlflow.source.name`
+    the script that started the run, `mlflow.source.type` LOCAL or JOB (a SLURM job)."""
+    return {
+        "mlflow.source.name": entry_point,
+        "mlflow.source.type": source_type,
+        "mlflow.user": _user(),
+    }
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return str(os.getuid())
+
+
+def dataset_input(
+    name: str, root: str | None, split: str, num_images: int, context: str
+) -> dict[str, Any]:
+    """A data set as an MLflow dataset input (`Tracker.log_inputs`); `context` is MLflow's
+    "train" / "eval" label of what the run did with it."""
+    source = {"uri": str(root) if root else name}
+    profile = {"split": split, "num_images": int(num_images)}
+    digest = hashlib.sha256(json.dumps([name, source, profile]).encode()).hexdigest()[:10]
+    return {
+        "name": f"{name}/{split}",
+        "digest": digest,
+        "source_type": "local",
+        "source": json.dumps(source),
+        "profile": json.dumps(profile),
+        "context": context,
+    }
+
+
+def ui_command(uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """How to look at `uri`'s runs, as a command that works pasted as printed: the venv's
+    own `mlflow` (not on the PATH outside it), an absolute SQLite path (the command may be
+    run from another directory) and a free port (5000 is often taken on a login node)."""
+    where = ""
+    if experiment_id is not None:
+        where = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/{where}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(Path.cwd() / uri.removeprefix('sqlite:///')).resolve()}"
+    venv_mlflow = Path(sys.executable).parent / "mlflow"
+    exe = str(venv_mlflow) if venv_mlflow.is_file() else "mlflow"
+    port = free_port()
+    return (
+        f"{shlex.quote(exe)} ui --backend-store-uri {shlex.quote(uri)} --port {port}"
+        f"  # then open http://127.0.0.1:{port}/{where}"
+    )
+
+
+def free_port(first: int = 5000, last: int = 5100) -> int:
+    """The first port of [first, last] nobody listens on here (else one the OS picks)."""
+    for port in range(first, last + 1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -123,6 +248,7 @@ def open_parent_run(
         return None
     from mlflow.tracking import MlflowClient
 
+    quick_http_failures()  # a server that is down fails this in seconds, not minutes
     client = MlflowClient(tracking_uri=cfg.uri)
     path = SweepDir(sweep_dir).parent_run_id
     if path.is_file():
@@ -157,10 +283,13 @@ class MlflowTracker(Tracker):
         run_name: str | None = None,
         parent_run_id: str | None = None,
         background: bool = True,
+        reopen: bool = True,
     ):
+        """`reopen=False`: leave an existing run's status as it is (a sync tool, which only
+        sends what others logged)."""
         from mlflow.tracking import MlflowClient
 
-        _quick_http_failures()
+        quick_http_failures()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.client = MlflowClient(tracking_uri=cfg.uri)
@@ -173,10 +302,10 @@ class MlflowTracker(Tracker):
         self._last_warning = 0.0
         self._wake = threading.Event()
         self._closing = False
-        if self.run_id is not None:
-            self._reopen = True  # a resumed job or the chained eval: RUNNING again
-        else:
-            self._reopen = False
+        if self.run_id is not None and reopen:
+            # A resumed job or the chained eval: RUNNING again, in order with the journal's
+            # other operations (so a later terminate wins).
+            self.journal.append({"op": "reopen"})
         self.flush()  # creates or reopens the run now if the server answers
         self._thread = None
         if background:
@@ -218,6 +347,15 @@ class MlflowTracker(Tracker):
         )
         self._wake.set()
 
+    def log_model(self, path: str | Path, name: str = "model") -> None:
+        # Saved locally first (training never waits on the server); sent from the path.
+        self.journal.append({"op": "model", "path": str(Path(path).resolve()), "name": name})
+        self._wake.set()
+
+    def log_inputs(self, datasets: list[dict[str, Any]]) -> None:
+        self.journal.append({"op": "inputs", "datasets": datasets})
+        self._wake.set()
+
     def finish(self, status: str = "FINISHED", timeout_s: float = 60.0) -> None:
         """Marks the run `status` and sends everything pending (waiting up to `timeout_s`)."""
         self.journal.append({"op": "terminate", "status": status})
@@ -245,13 +383,12 @@ class MlflowTracker(Tracker):
         return not ops
 
     def ui_command(self) -> str:
-        uri = self.cfg.uri
+        self.run_id = self.run_id or read_run_id(self.run_dir)  # another process created it
         if self.run_id is None:
-            return f"mlflow ui --backend-store-uri {uri}  # the run is created when it answers"
-        where = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
-        if uri.startswith(("http://", "https://")):
-            return f"open {uri.rstrip('/')}/{where}"
-        return f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000/{where}"
+            return ui_command(self.cfg.uri) + " (the run is created when the server answers)"
+        if self.experiment_id is None:
+            return ui_command(self.cfg.uri)
+        return ui_command(self.cfg.uri, self.experiment_id, self.run_id)
 
     # ----------------------------------------------------------------- sending
 
@@ -290,6 +427,10 @@ class MlflowTracker(Tracker):
 
     def _connect(self) -> None:
         if self.run_id is None:
+            # Another process of this run (the launcher, training's rank 0, the eval) may have
+            # created it since this one started; the send lock orders them: one run per run dir.
+            self.run_id = read_run_id(self.run_dir)
+        if self.run_id is None:
             tags = {PARENT_RUN_TAG: self._new_run["parent"]} if self._new_run["parent"] else None
             run = self.client.create_run(
                 _experiment_id(self.client, self.cfg.experiment),
@@ -299,9 +440,6 @@ class MlflowTracker(Tracker):
             self.run_id = run.info.run_id
             _write_id(RunDir(self.run_dir).mlflow_run_id, self.run_id)
             self.experiment_id = run.info.experiment_id
-        elif self._reopen:
-            self.client.update_run(self.run_id, status="RUNNING")
-            self._reopen = False
         if self.experiment_id is None:
             self.experiment_id = self.client.get_run(self.run_id).info.experiment_id
 
@@ -334,8 +472,50 @@ class MlflowTracker(Tracker):
                 self.client.log_artifact(self.run_id, op["path"], op["artifact_path"])
             else:
                 log.warning("artifact %s no longer exists; not sent to MLflow", op["path"])
+        elif kind == "model":
+            self._send_model(op)
+        elif kind == "inputs":
+            self._send_inputs(op)
+        elif kind == "reopen":
+            self.client.update_run(self.run_id, status="RUNNING")
         elif kind == "terminate":
             self.client.set_terminated(self.run_id, op["status"])
+
+    def _send_model(self, op: dict[str, Any]) -> None:
+        """`mlflow.pytorch.log_model` of the model saved at op["path"]: a Logged Model of the
+        run, with the run's params and its step-0 metrics (the evaluation's). Sent once: a
+        retry after a lost answer finds the run's model output and stops."""
+        import mlflow
+        import mlflow.pytorch
+
+        if not Path(op["path"]).exists():
+            log.warning("model %s no longer exists; not sent to MLflow", op["path"])
+            return
+        outputs = self.client.get_run(self.run_id).outputs
+        for output in outputs.model_outputs if outputs else []:
+            if self.client.get_logged_model(output.model_id).name == op["name"]:
+                return
+        # Model.log resolves the tracking URI globally, not from our client.
+        mlflow.set_tracking_uri(self.cfg.uri)
+        model = mlflow.pytorch.load_model(op["path"], map_location="cpu")
+        mlflow.pytorch.log_model(
+            model,
+            name=op["name"],
+            run_id=self.run_id,
+            pip_requirements=_requirements(op["path"]),
+            serialization_format="pickle",  # as saved (pt2 would trace the network again)
+            await_registration_for=0,
+        )
+
+    def _send_inputs(self, op: dict[str, Any]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for d in op["datasets"]:
+            fields = {k: d[k] for k in ("name", "digest", "source_type", "source", "profile")}
+            context = InputTag("mlflow.data.context", d["context"])
+            inputs.append(DatasetInput(Dataset(**fields), tags=[context]))
+        self.client.log_inputs(self.run_id, datasets=inputs)
 
     def _warn(self, err: BaseException) -> None:
         now = time.monotonic()
@@ -351,12 +531,22 @@ class MlflowTracker(Tracker):
         )  # fmt: skip
 
 
-def _quick_http_failures() -> None:
+def _requirements(model_dir: str) -> list[str]:
+    """The saved model's pip requirements, passed on as they are (MLflow would otherwise
+    infer them again by loading the model in a subprocess)."""
+    path = Path(model_dir) / "requirements.txt"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [line for line in lines if line.strip() and not line.startswith("#")]
+
+
+def quick_http_failures() -> None:
     """MLflow's HTTP client retries for minutes by default; our sender retries on its own
-    schedule, so one attempt should fail fast (a user's explicit setting wins)."""
+    schedule, so one attempt should fail fast (a user's explicit setting wins). urllib3's
+    warning on each retry is quiet: the tracker says once that the server is unreachable."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def build_tracker(
@@ -373,8 +563,16 @@ def build_tracker(
 
 
 def default_tags() -> dict[str, str]:
+    """Host, torch version, user and the code's commit: `git.*` (the project's own names)
+    and `mlflow.source.git.commit` (what fills MLflow's Version column)."""
     import torch
 
-    tags = {"host": socket.gethostname(), "torch.version": torch.__version__}
+    tags = {
+        "host": socket.gethostname(),
+        "torch.version": torch.__version__,
+        "mlflow.user": _user(),
+    }
     tags.update(git_info(Path(__file__).resolve().parents[1]))
+    if tags.get("git.commit", "unknown") != "unknown":
+        tags["mlflow.source.git.commit"] = tags["git.commit"]
     return tags

@@ -8,6 +8,9 @@ Two JSON-lines files under `<run_dir>/tracking/`:
   `tools/mlflow_sync.py`) replays what is left.
 - `metrics.jsonl`: every metric value ever logged for the run (key, step, value, time),
   append-only: what the server's history is checked against.
+- `record.json`: the run's params, tags, artifacts and status as the operations leave them
+  (params keep their first value, as MLflow does; tags and the status their last): what
+  `tools/mlflow_sync.py` checks the server's run against, and the status it restores.
 
 Several processes may share a run's journal (the launcher, rank 0 of training, the
 evaluation, a sync tool): appends and removals hold a short file lock, and sending holds a
@@ -31,10 +34,12 @@ from vice.run_dir import RunDir
 
 PENDING_FILE = "pending.jsonl"
 LEDGER_FILE = "metrics.jsonl"
+RECORD_FILE = "record.json"
 LOCK_FILE = "journal.lock"
 SEND_LOCK_FILE = "send.lock"
 
-Op = dict[str, Any]  # {"op": "metrics" | "params" | "tags" | "artifact" | "terminate", ...}
+# {"op": "metrics" | "params" | "tags" | "artifact" | "model" | "inputs" | "reopen" | "terminate"}
+Op = dict[str, Any]
 
 
 class Journal:
@@ -42,6 +47,7 @@ class Journal:
         self.directory = RunDir(run_dir).tracking
         self.pending_path = self.directory / PENDING_FILE
         self.ledger_path = self.directory / LEDGER_FILE
+        self.record_path = self.directory / RECORD_FILE
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
 
@@ -75,6 +81,47 @@ class Journal:
                     for k, v, t, s in op["items"]
                 )
                 _append(self.ledger_path, rows)
+            else:
+                self._update_record(op)
+
+    def _update_record(self, op: Op) -> None:
+        """Folds one operation into record.json (the journal lock is held)."""
+        record = self.record()
+        kind = op["op"]
+        if kind == "params":
+            for key, value in op["items"].items():
+                record["params"].setdefault(key, value)
+        elif kind == "tags":
+            record["tags"].update(op["items"])
+        elif kind == "artifact":
+            where = "/".join(p for p in (op["artifact_path"], Path(op["path"]).name) if p)
+            if where not in record["artifacts"]:
+                record["artifacts"].append(where)
+        elif kind == "model":
+            if op["name"] not in record["models"]:
+                record["models"].append(op["name"])
+        elif kind == "reopen":
+            record["status"] = "RUNNING"
+        elif kind == "terminate":
+            record["status"] = op["status"]
+        else:
+            return
+        tmp = self.record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, self.record_path)
+
+    def record(self) -> dict[str, Any]:
+        """{"params", "tags", "artifacts", "models", "status"} as logged (status None: never
+        set)."""
+        empty: dict[str, Any] = {
+            "params": {}, "tags": {}, "artifacts": [], "models": [], "status": None
+        }  # fmt: skip
+        if not self.record_path.is_file():
+            return empty
+        try:
+            return {**empty, **json.loads(self.record_path.read_text())}
+        except json.JSONDecodeError:
+            return empty
 
     def pending(self) -> list[Op]:
         """The queued operations, oldest first (a torn last line, from a crash, is dropped)."""

@@ -126,7 +126,9 @@ class Run:
                 env = (proc / "environ").read_bytes().split(b"\0")
             except (OSError, ValueError, IndexError):
                 continue
-            if "pretrain.py" in cmd and str(self.run_dir) in cmd and "distributed.run" in parent:
+            # torchrun's agent runs as jobs/torchrun_agent.py (no traceback on a stop)
+            agent = "torchrun_agent.py" in parent or "distributed.run" in parent
+            if "pretrain.py" in cmd and str(self.run_dir) in cmd and agent:
                 rank = next((int(e[5:]) for e in env if e.startswith(b"RANK=")), None)
                 if rank is not None:
                     found[rank] = int(proc.name)

@@ -63,14 +63,25 @@ def _no_secrets(*texts: str) -> None:
             assert value not in text
 
 
-def _check_run(client, run_id: str, nodes: int) -> None:
+def _check_run(client, run_id: str, nodes: int, name: str, slurm: bool = False) -> None:
     run = client.get_run(run_id)
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    assert run.info.run_name == name
     assert params["model.backbone"] == "resnet18" and params["trainer.max_steps"] == "4"
+    assert "None" not in params.values() and "run_dir" not in params
+    assert any(k.startswith("cluster.") for k in params) == slurm
     assert re.fullmatch(r"[0-9a-f]{40}", tags["git.commit"]) and tags["git.dirty"] in (
         "true",
         "false",
     )
+    # MLflow's own Source, User and Version columns
+    assert tags["mlflow.source.name"] == "jobs/launch.py"
+    assert tags["mlflow.source.type"] == ("JOB" if slurm else "LOCAL")
+    assert tags["mlflow.user"] and tags["mlflow.source.git.commit"] == tags["git.commit"]
+    assert " ".join(FAST) in tags["overrides"]
+    # one headline metric; bookkeeping as tags
+    assert metrics["miou"] == metrics["eval.clustering.8.miou"]
+    assert "eval.num_images" not in metrics and tags["eval.num_images"] == "4"
     assert tags["hosts"] and tags["world_size"] == "1" and tags["restart_count"] == "0"
     for key in ("loss", "loss_swav", "lr", "images_per_s", "data_wait_share", "memory_mb",
                 "system/node0/cpu_percent", "system/node0/memory_used_mb",
@@ -86,6 +97,28 @@ def _check_run(client, run_id: str, nodes: int) -> None:
     config = Path(client.download_artifacts(run_id, "config.yaml")).read_text()
     _no_secrets(json.dumps(params), json.dumps(tags), config)
     assert run.info.status == "FINISHED"
+    _check_model_and_data(client, run)
+
+
+def _check_model_and_data(client, run) -> None:
+    """The logged model loads and segments an image; the data sets are dataset inputs."""
+    import mlflow.pytorch
+    import torch
+
+    (output,) = run.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert model.name == "model" and model.params["model.backbone"] == "resnet18"
+    assert {m.key: m.value for m in model.metrics}["miou"] == run.data.metrics["miou"]
+    mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve through it
+    network = mlflow.pytorch.load_model(f"models:/{model.model_id}").eval()
+    with torch.no_grad():
+        embedding_BDHW = network(torch.rand(1, 3, 64, 64))  # an image -> per-pixel embeddings
+    dim = int(model.params["model.embed_dim"])
+    assert embedding_BDHW.shape == (1, dim, 64, 64) and torch.isfinite(embedding_BDHW).all()
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"synthetic/train", "synthetic/val"}
+    assert [t.value for t in inputs["synthetic/val"].tags] == ["eval"]
+    assert json.loads(inputs["synthetic/val"].dataset.profile)["num_images"] == 4
 
 
 def _ui_lists(uri: str, experiment_id: str, run_id: str) -> None:
@@ -109,7 +142,8 @@ def test_local_run_logs_everything_to_the_server(server, tmp_path):
     out = _launch(tmp_path, server)
     run_id = re.search(r"^mlflow_run_id: (\w+)", out.stdout, re.M).group(1)
     client = MlflowClient(server)
-    _check_run(client, run_id, nodes=1)
+    name = "smoke max_steps=4 log_every=1 checkpoint_every=2 linear_iters=20 max_images=4"
+    _check_run(client, run_id, nodes=1, name=name)
     _no_secrets(out.stdout, out.stderr)
     _ui_lists(server, client.get_run(run_id).info.experiment_id, run_id)
     assert f"open {server}/#/experiments/" in out.stdout
@@ -130,8 +164,9 @@ def test_cluster_sweep_logs_to_the_server_with_a_summary(cluster, server, tmp_pa
     pretrain_ids = re.findall(r"^  pretrain job: (\d+)", out.stdout, re.M)
     assert len(children) == 2
     client = MlflowClient(server)
+    for child, lr in zip(children, ("0.1", "0.3"), strict=True):
+        _check_run(client, child, nodes=1, name=f"smoke lr={lr}", slurm=True)
     for child, job in zip(children, pretrain_ids, strict=True):
-        _check_run(client, child, nodes=1)
         tags = client.get_run(child).data.tags
         assert tags["mlflow.parentRunId"] == parent
         assert tags["slurm.pretrain_job_id"] == job and tags["slurm.eval_job_id"]

@@ -57,10 +57,16 @@ def test_smoke_experiment_end_to_end(tmp_path):
     from mlflow.tracking import MlflowClient
 
     run_id = (run / "mlflow_run_id").read_text().strip()
-    assert f"mlflow_run_id: {run_id}" in out and "mlflow ui --backend-store-uri" in out
+    assert f"mlflow_run_id: {run_id}" in out
+    # the venv's own mlflow, on a free port: works pasted as printed
+    ui = f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri sqlite:///{tmp_path}"
+    assert ui in out and " --port " in out
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     r = client.get_run(run_id)
     assert r.info.status == "FINISHED"
+    assert r.info.run_name == "smoke"  # hydra.run.dir and tracking.uri do not name it
+    assert r.data.tags["mlflow.source.type"] == "LOCAL"
+    assert not any(k.startswith("cluster.") for k in r.data.params)
     assert r.data.params["model.backbone"] == "resnet18"
     assert r.data.params["trainer.max_steps"] == "8"
     assert "git.commit" in r.data.tags and "torch.version" in r.data.tags
@@ -177,10 +183,18 @@ def test_ctrl_c_saves_and_the_same_run_dir_continues(tmp_path):
     assert "checkpoint saved; continue with: python jobs/launch.py" in out, out[-3000:]
     assert f"hydra.run.dir={run}" in out, out[-3000:]
     assert not (run / "model_final.pt").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    r = client.get_run(run_id)
+    assert r.info.status == "KILLED"  # Ctrl-C: nothing requeues a local run
+    assert r.info.run_name == "smoke max_steps=8 log_every=1 enabled=false"
 
     again = _launch(tmp_path, *overrides)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resumed from" in again.stdout and (run / "model_final.pt").exists()
+    assert client.get_run(run_id).info.status == "FINISHED"  # the same run, continued
 
 
 # The bad-input table of a local run: (overrides, exit code of the class (jobs/exit_codes.py:

@@ -111,3 +111,26 @@ def test_a_lost_snapshot_is_a_clear_error(tmp_path):
     (tmp_path / "code").rmdir()
     with pytest.raises(ValueError, match=r"code snapshot .* is gone"):
         rs.resubmit(chain, "pretrain+eval", submit=lambda *a: "1")
+
+
+def test_tags_name_the_current_jobs_and_every_attempt(tmp_path):
+    path = _record(tmp_path / "r")
+    (chain,) = rs.chain_states([path], _query({"10": "FAILED", "11": "CANCELLED"}))
+    assert rs.job_tags(chain.record) == {
+        "slurm.pretrain_job_id": "10",
+        "slurm.eval_job_id": "11",
+        "slurm.pretrain_job_ids": "10",
+        "slurm.eval_job_ids": "11",
+        "slurm.resubmissions": "0",
+    }
+    ids = iter(["20", "21"])
+    new = rs.resubmit(chain, "pretrain+eval", submit=lambda *a: next(ids))
+    assert rs.job_tags(new) == {
+        "slurm.pretrain_job_id": "20",
+        "slurm.eval_job_id": "21",  # the new eval, not the cancelled one
+        "slurm.pretrain_job_ids": "10,20",
+        "slurm.eval_job_ids": "11,21",
+        "slurm.resubmissions": "1",
+    }
+    # no mlflow_run_id in the run dir (tracking.enabled=false): nothing to tag
+    assert rs.tag_run(new) is None

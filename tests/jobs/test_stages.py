@@ -22,6 +22,9 @@ class Recorder:
     def log_artifact(self, path, artifact_path=None):
         self.calls.append(("artifact", str(path), artifact_path))
 
+    def set_tags(self, tags):
+        self.calls.append(("tags", tags))
+
     def finish(self, status="FINISHED"):
         self.calls.append(("finish", status))
 
@@ -96,6 +99,7 @@ def _record_stages(monkeypatch, calls, fail_eval=False):
 
     monkeypatch.setattr("vice.tracking.build_tracker", lambda *a, **k: Recorder(calls))
     monkeypatch.setattr(stages, "evaluate", evaluate)
+    monkeypatch.setattr(stages, "log_model", lambda *a: calls.append("model"))
     monkeypatch.setattr(stages, "figures", lambda *a: calls.append("figures"))
     monkeypatch.setattr(stages, "sweep_summary", lambda *a: calls.append("sweep_summary"))
 
@@ -104,7 +108,7 @@ def test_after_pretraining_runs_the_stages_in_order(run_dir, monkeypatch):
     calls = []
     _record_stages(monkeypatch, calls)
     assert stages.after_pretraining(run_dir) == {"linear.miou": 0.5}
-    assert calls == ["evaluate", "figures", "sweep_summary", ("finish", "FINISHED")]
+    assert calls == ["evaluate", "model", "figures", "sweep_summary", ("finish", "FINISHED")]
 
 
 def test_failed_evaluation_fails_the_mlflow_run(run_dir, monkeypatch):
@@ -121,7 +125,45 @@ def test_open_run_writes_the_config_and_logs_it(tmp_path, monkeypatch):
     cfg = to_config({"optim": {"lr": 0.1}, "cluster": {"additional": {"mail-type": "END"}}})
     stages.open_run(cfg, tmp_path)
     assert load_config(tmp_path) == cfg
-    assert calls == [("artifact", str(RunDir(tmp_path).config), None)]
+    assert calls[1:] == [("artifact", str(RunDir(tmp_path).config), None)]
+
+
+def test_ctrl_c_during_the_evaluation_kills_the_mlflow_run(run_dir, monkeypatch):
+    calls = []
+    _record_stages(monkeypatch, calls)
+
+    def interrupted(cfg, run_dir, tracker):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stages.after_pretraining(run_dir)
+    assert calls == [("finish", "KILLED")]
+
+
+def test_open_run_names_and_tags_the_run(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("vice.tracking.build_tracker", lambda *a, **k: Recorder(calls))
+    monkeypatch.setattr("vice.tracking._user", lambda: "alice")
+    overrides = ["experiment=smoke", "optim.lr=0.3", "data.root=/d/my coco"]
+    stages.open_run(to_config({}), tmp_path, "smoke lr=0.3", "p1", overrides, on_slurm=True)
+    assert calls[0] == (
+        "tags",
+        {
+            "mlflow.source.name": "jobs/launch.py",
+            "mlflow.source.type": "JOB",
+            "mlflow.user": "alice",
+            "overrides": "experiment=smoke optim.lr=0.3 'data.root=/d/my coco'",
+            "run_dir": str(tmp_path),
+            "mlflow.runName": "smoke lr=0.3",
+            "mlflow.parentRunId": "p1",
+        },
+    )
+    calls.clear()
+    stages.open_run(to_config({}), tmp_path)  # a local run without overrides or name
+    tags = calls[0][1]
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["overrides"] == ""
+    assert "mlflow.runName" not in tags and "mlflow.parentRunId" not in tags
 
 
 def test_both_paths_run_the_same_stages(run_dir, monkeypatch):
@@ -145,8 +187,33 @@ def test_local_stop_and_failure_say_what_to_do(run_dir, monkeypatch):
         "stopped by SIGINT at step 4, checkpoint saved; continue with: python jobs/launch.py "
         f"<the same overrides> hydra.run.dir={run_dir}"
     )
-    assert finished == []  # the MLflow run goes on when the run continues
+    assert finished == ["KILLED"]  # nothing requeues it; continuing reopens it RUNNING
     monkeypatch.setattr(stages, "pretrain", lambda *a: stages.Pretrained("failed", 1))
     with pytest.raises(SystemExit, match=r"pretraining failed \(exit 1\)"):
         local.run_local(load_config(run_dir), run_dir)
+    assert finished == ["KILLED", "FAILED"]
+
+
+def test_exhausted_requeues_fail_the_run_and_a_requeue_does_not(tmp_path, monkeypatch):
+    from submitit.core.utils import UncompletedJobError
+
+    finished = []
+    monkeypatch.setattr(stages, "finish", lambda d, status: finished.append(status))
+
+    def not_requeued(proc):  # submitit's handler on rank 0, the time limit once too often
+        proc.wait()
+        raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    monkeypatch.setattr(stages, "_wait", not_requeued)
+    with pytest.raises(UncompletedJobError):
+        stages.pretrain(tmp_path, _python("pass"), {})
     assert finished == ["FAILED"]
+
+    def requeued(proc):  # submitit requeued the job, then exits this process
+        proc.wait()
+        raise SystemExit(-1)
+
+    monkeypatch.setattr(stages, "_wait", requeued)
+    with pytest.raises(SystemExit):
+        stages.pretrain(tmp_path, _python("pass"), {})
+    assert finished == ["FAILED"]  # the run goes on after the requeue: still RUNNING

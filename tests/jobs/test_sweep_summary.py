@@ -75,3 +75,39 @@ def test_parent_run_gets_summary_and_best_metrics(tmp_path):
         "sweep_summary.csv",
     }
     assert update_parent_summary(tmp_path / "not_a_sweep" / "0", uri) is None
+
+
+class _FakeClient:
+    """MLflow's runs by id, and what `set_terminated` was asked."""
+
+    def __init__(self, statuses):
+        self.statuses, self.terminated = dict(statuses), []
+
+    def get_run(self, run_id):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(info=SimpleNamespace(status=self.statuses[run_id]))
+
+    def set_terminated(self, run_id, status):
+        self.terminated.append((run_id, status))
+
+
+def test_parent_stays_running_until_every_point_ended_then_takes_the_worst(tmp_path):
+    from jobs.sweep_summary import close_parent_if_done
+
+    _point(tmp_path, 0)
+    _point(tmp_path, 1)
+    _point(tmp_path, 2)
+    (tmp_path / "mlflow_parent_run_id").write_text("parent\n")
+    client = _FakeClient({"r0": "FINISHED", "r1": "RUNNING", "r2": "KILLED"})
+    assert close_parent_if_done(tmp_path, "uri", client) is None
+    assert client.terminated == []  # point 1 still runs
+    client.statuses["r1"] = "FINISHED"
+    assert close_parent_if_done(tmp_path, "uri", client) == "KILLED"
+    client.statuses["r2"] = "FAILED"  # e.g. after a resubmission failed again
+    assert close_parent_if_done(tmp_path, "uri", client) == "FAILED"
+    client.statuses.update(r2="FINISHED")
+    assert close_parent_if_done(tmp_path, "uri", client) == "FINISHED"
+    assert client.terminated == [("parent", "KILLED"), ("parent", "FAILED"), ("parent", "FINISHED")]
+    # not a sweep: nothing to close
+    assert close_parent_if_done(tmp_path / "0", "uri", client) is None

@@ -1,6 +1,12 @@
 """The one torchrun command builder: standalone (local) and c10d rendezvous (SLURM)."""
 
-from jobs.torchrun import PRETRAIN_SCRIPT, Rendezvous, torchrun_command, torchrun_env
+from jobs.torchrun import (
+    AGENT_SCRIPT,
+    PRETRAIN_SCRIPT,
+    Rendezvous,
+    torchrun_command,
+    torchrun_env,
+)
 
 SIGNALS = "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
 
@@ -8,17 +14,18 @@ SIGNALS = "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
 def test_standalone_command():
     cmd = torchrun_command("/r", 2, python="py")
     assert cmd == [
-        "py", "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+        "py", str(AGENT_SCRIPT), "--standalone", "--nnodes=1",
         "--nproc-per-node=2", SIGNALS, str(PRETRAIN_SCRIPT), "/r",
     ]  # fmt: skip
     assert PRETRAIN_SCRIPT.name == "pretrain.py" and PRETRAIN_SCRIPT.is_file()
+    assert AGENT_SCRIPT.parent == PRETRAIN_SCRIPT.parent and AGENT_SCRIPT.is_file()
 
 
 def test_rendezvous_command():
     rdzv = Rendezvous(nnodes=2, endpoint="n1:20019", rdzv_id="19", is_host=False)
     cmd = torchrun_command("/r", 4, rdzv, script="/s/jobs/pretrain.py", python="py")
     assert cmd == [
-        "py", "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=4",
+        "py", "/s/jobs/torchrun_agent.py", "--nnodes=2", "--nproc-per-node=4",
         "--rdzv-backend=c10d", "--rdzv-endpoint=n1:20019", "--rdzv-id=19",
         "--rdzv-conf=is_host=0", SIGNALS, "/s/jobs/pretrain.py", "/r",
     ]  # fmt: skip
@@ -33,3 +40,46 @@ def test_env_shares_the_cpus_unless_told(monkeypatch):
     assert torchrun_env(8, 2)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     assert torchrun_env(4, 16)["OMP_NUM_THREADS"] == "7"
+
+
+WORKER = """
+import os, signal, sys, time
+stop = []
+signal.signal(signal.SIGUSR2, lambda *a: stop.append(1))
+print("ready", flush=True)
+while not stop:
+    time.sleep(0.05)
+print(f"rank {os.environ['RANK']}: stopped, saved", file=sys.stderr, flush=True)
+"""
+
+
+def test_a_stop_signal_ends_torchrun_with_one_line_not_a_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cmd = torchrun_command(tmp_path, 2, python=sys.executable)
+    cmd[cmd.index(str(PRETRAIN_SCRIPT))] = str(script)
+    proc = subprocess.Popen(
+        cmd[:-1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**torchrun_env(2, 2), "LOGLEVEL": "WARNING"},
+    )  # fmt: skip
+    try:
+        ready = 0
+        while ready < 2:  # both workers installed their handler
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            ready += "ready" in line
+        proc.send_signal(signal.SIGUSR2)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGUSR2, err
+    assert "Traceback" not in err and "SignalException" not in err, err
+    assert "rank 0: stopped, saved" in err and "rank 1: stopped, saved" in err
+    assert [x for x in err.splitlines() if x.startswith("torchrun on ")] == [
+        f"torchrun on {__import__('socket').gethostname()}: stopped by SIGUSR2; its workers "
+        "were asked to save and exit (stops.jsonl records each completed stop)"
+    ]

@@ -15,7 +15,9 @@ import pytest
 
 from vice.config import TrackingConfig
 from vice.pipeline import write_config
+from vice.run_dir import RunDir
 from vice.tracking import MlflowTracker
+from vice.tracking_journal import Journal
 
 from ..train.test_trainer import tiny_config
 
@@ -89,3 +91,53 @@ def test_sync_reports_missing_directories(tmp_path):
     assert out.returncode == 2 and "no such directory" in out.stderr
     out = _tool("mlflow_sync.py", str(tmp_path))
     assert out.returncode == 2 and "no run directories" in out.stderr
+
+
+def _run_dir(tmp_path: Path, uri: str) -> Path:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = tiny_config()
+    cfg.tracking = TrackingConfig(uri=uri, experiment="sync")
+    write_config(cfg, run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_sync_restores_the_logged_status_and_checks_params_and_tags(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import mlflow_sync
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_dir = _run_dir(tmp_path, uri)
+    tracker = MlflowTracker(TrackingConfig(uri=uri, experiment="sync"), run_dir)
+    tracker.log_params({"optim.lr": 0.2})
+    tracker.set_tags({"mlflow.runName": "smoke lr=0.2", "overrides": "optim.lr=0.2"})
+    tracker.log_metrics({"loss": 1.0}, 1)
+    tracker.log_artifact(RunDir(run_dir).config)
+    tracker.finish("KILLED")
+    client = MlflowClient(uri)
+    client.update_run(tracker.run_id, status="RUNNING")  # what an older sync tool did
+
+    assert mlflow_sync.main([str(run_dir), "--check-only"]) == 1
+    assert "status: RUNNING, logged KILLED" in capsys.readouterr().out
+    assert mlflow_sync.main([str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "params, tags, artifacts, models and status as logged" in out
+    assert client.get_run(tracker.run_id).info.status == "KILLED"
+
+    client.set_tag(tracker.run_id, "overrides", "optim.lr=9")
+    assert mlflow_sync.main([str(run_dir), "--check-only"]) == 1
+    out = capsys.readouterr().out
+    assert "different tag: overrides is 'optim.lr=9', logged 'optim.lr=0.2'" in out
+
+
+def test_sync_with_the_server_down_says_so_in_one_line(tmp_path):
+    port = _free_port()
+    run_dir = _run_dir(tmp_path, f"http://127.0.0.1:{port}")
+    Journal(run_dir).append({"op": "metrics", "items": [["loss", 1.0, 0, 1]]})  # a run's log
+    out = _tool("mlflow_sync.py", str(run_dir), timeout=120)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.stderr.startswith(f"error: MLflow at http://127.0.0.1:{port} does not answer (")
+    assert len(out.stderr.splitlines()) == 1 and out.stdout == "", out.stderr

@@ -39,7 +39,7 @@ from vice.methods import METHODS, Method, build_method
 from vice.models.sync_bn import convert_distributed_bn
 from vice.run_dir import RunDir
 from vice.system_metrics import SystemMetrics
-from vice.tracking import Tracker, build_tracker, default_tags, flatten
+from vice.tracking import Tracker, build_tracker, dataset_input, default_tags, run_params
 from vice.train.checkpoint import CheckpointManager
 from vice.train.optim import build_optimizer, learning_rate, set_lr
 from vice.train.rng import capture_rng, restore_rng
@@ -382,7 +382,9 @@ def train(
     if resumed_from is not None:
         progress.line(f"resumed from {resumed_from} at step {state.step} (epoch {state.epoch})")
     if info.is_main and state.step == 0:
-        tracker.log_params(flatten(asdict(cfg)))
+        tracker.log_params(run_params(asdict(cfg)))
+        d = cfg.data
+        tracker.log_inputs([dataset_input(d.dataset, d.root, d.split, sampler.length, "train")])
     hosts = sorted(set(dist.all_gather_object(socket.gethostname())))
     if info.is_main:
         tracker.set_tags(

@@ -292,12 +292,14 @@ class ViceSlurmLauncher(SlurmLauncher):
             chains.append(chain)
             print(chain.describe(), flush=True)
         if tracking.enabled:
-            print(f"mlflow ui: mlflow ui --backend-store-uri {tracking.uri}")
+            from vice.tracking import ui_command
+
+            print(f"mlflow ui: {ui_command(tracking.uri)}")
         if not points[0].cfg.launch.wait:
             ids = ",".join(i for c in chains for i in (c.pretrain_id, c.eval_id) if i)
             print(f"queued; follow with: squeue -j {ids}")
-            if parent:  # the parent only groups the runs; each child carries its own status
-                self._finish_parent(tracking, parent, "FINISHED")
+            # The parent stays RUNNING: the job that ends the last point's run ends it, with
+            # the worst point's status (jobs/slurm.py close_sweep_parent).
             return
         try:
             results = watch.wait_for(chains, self.poll_s)
@@ -308,8 +310,10 @@ class ViceSlurmLauncher(SlurmLauncher):
             run_id = trackers[num].run_id
             if run_id and _run_status(tracking, run_id) == "RUNNING":
                 trackers[num].finish("FAILED")
-        if parent:
-            self._finish_parent(tracking, parent, "FAILED" if failed else "FINISHED")
+        if parent:  # every point has ended: the worst point's status (a no-op if set)
+            from jobs.sweep_summary import close_parent_if_done
+
+            close_parent_if_done(sweep_dir, tracking.uri)
         if failed:
             _exit([f"failed sweep points: {', '.join(f'#{n}' for n in failed)}"], code=1)
 
@@ -327,7 +331,12 @@ class ViceSlurmLauncher(SlurmLauncher):
         res = submit.plan_resources(cfg, resolve_partition(cfg.cluster.partition, self._partitions))
         point.run_dir.mkdir(parents=True, exist_ok=True)
         cfg.run_dir = str(point.run_dir)
-        tracker = open_run(cfg, point.run_dir, run_name=point.swept or None, parent_run_id=parent)
+        from vice.tracking import run_name
+
+        # Named after what distinguishes it from the sweep's other points (its swept values).
+        experiment = point.ret.hydra_cfg.hydra.runtime.choices.get("experiment")
+        name = run_name(experiment, point.swept.split() if point.swept else [])
+        tracker = open_run(cfg, point.run_dir, name, parent, point.label.split(), on_slurm=True)
         trackers[point.num] = tracker
         chain = submit.submit_chain(cfg, res, point.run_dir, self._snapshot, point.num, point.label)
         chain.mlflow_run_id = tracker.run_id
@@ -351,12 +360,6 @@ class ViceSlurmLauncher(SlurmLauncher):
             },
         )
         return chain
-
-    @staticmethod
-    def _finish_parent(tracking: Any, run_id: str, status: str) -> None:
-        from mlflow.tracking import MlflowClient
-
-        MlflowClient(tracking.uri).set_terminated(run_id, status)
 
 
 def _run_status(tracking: Any, run_id: str) -> str:
