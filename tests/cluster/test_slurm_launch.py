@@ -186,7 +186,7 @@ def test_sweep_two_chains_under_one_parent_run(chains):
         assert run.data.tags["mlflow.parentRunId"] == parent
         assert run.info.status == "FINISHED"
         children[run.info.run_name] = run.data.params["optim.lr"]
-    assert children == {"optim.lr=0.1": "0.1", "optim.lr=0.3": "0.3"}
+    assert children == {"smoke lr=0.1": "0.1", "smoke lr=0.3": "0.3"}  # experiment + overrides
 
 
 def test_failed_pretraining_never_runs_its_eval(chains):
