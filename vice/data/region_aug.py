@@ -40,10 +40,8 @@ from vice.config import RegionAugConfig, ViewConfig
 from vice.data.augment import normalise_into
 from vice.data.batches import RegionInputs
 from vice.data.datasets.base import ImageSource
-from vice.data.image_io import UnreadableImageError
 
 Box = tuple[int, int, int, int]  # (y0, x0, h, w) in view pixels
-PARTNER_TRIES = 10  # partner draws before giving up when partners are unreadable
 SHIFT_TRIES = 20  # paste positions drawn before taking the farthest one
 
 
@@ -163,29 +161,13 @@ def paste(
 def partner_image(
     source: ImageSource, rng: np.random.Generator, current: int, cfg: ViewConfig
 ) -> torch.Tensor:
-    """The paste's background: another image of the data set (the image itself only in a
-    one-image source), its central square resized to the view size and normalised. Unreadable
-    partners are redrawn from `rng`, up to PARTNER_TRIES times."""
-    from vice.data.superpixel_grid import partner_view  # lazy: cv2 / fast-slic
+    """The paste's background: another image of the data set drawn from `rng`, its central
+    square resized to the view size and normalised (`superpixel_grid.draw_partner`)."""
+    from vice.data.superpixel_grid import draw_partner  # lazy: cv2 / fast-slic
 
-    n = len(source)
-    errors = []
-    for _ in range(PARTNER_TRIES):
-        index = current
-        if n > 1:
-            index = int(rng.integers(n - 1))
-            index += index >= current  # skip the image itself
-        try:
-            img = partner_view(source.load_image(index), cfg.view_size)
-        except UnreadableImageError as err:
-            errors.append(str(err))
-            continue
-        out = torch.empty((3, cfg.view_size, cfg.view_size), dtype=torch.float32)
-        return normalise_into(out, img, cfg.mean, cfg.std)
-    raise RuntimeError(
-        f"no readable partner image for the de-positioning paste in {PARTNER_TRIES} draws "
-        f"(image {current}); last error: {errors[-1]}. Check data.root and the images it holds."
-    )
+    img = draw_partner(source, rng, current, cfg.view_size, "the de-positioning paste")
+    out = torch.empty((3, cfg.view_size, cfg.view_size), dtype=torch.float32)
+    return normalise_into(out, img, cfg.mean, cfg.std)
 
 
 @dataclass

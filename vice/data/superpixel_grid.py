@@ -156,21 +156,29 @@ def grid_partner(
     """
     if cfg.superpixel_grid.kind != "mix":
         return None
-    child = rng.spawn(1)[0]
+    what = "data.views.superpixel_grid.kind='mix'"
+    return draw_partner(source, rng.spawn(1)[0], current, cfg.view_size, what)
+
+
+def draw_partner(
+    source: ImageSource, rng: np.random.Generator, current: int, size: int, what: str
+) -> np.ndarray:
+    """The `partner_view` of an image drawn from `rng`, uniformly among the images other than
+    `current` (itself only in a one-image source); unreadable ones are redrawn from `rng`, up
+    to PARTNER_TRIES times, then a RuntimeError names `what` needed the partner."""
     n = len(source)
     errors = []
     for _ in range(PARTNER_TRIES):
         if n > 1:
-            index = int(child.integers(n - 1))
+            index = int(rng.integers(n - 1))
             index += index >= current  # skip the image itself
         else:
             index = current
         try:
-            return partner_view(source.load_image(index), cfg.view_size)
+            return partner_view(source.load_image(index), size)
         except UnreadableImageError as err:
             errors.append(str(err))
     raise RuntimeError(
-        f"no readable partner image for data.views.superpixel_grid.kind='mix' in "
-        f"{PARTNER_TRIES} draws (image {current}); last error: {errors[-1]}. "
-        f"Check data.root and the images it holds."
+        f"no readable partner image for {what} in {PARTNER_TRIES} draws (image {current}); "
+        f"last error: {errors[-1]}. Check data.root and the images it holds."
     )
