@@ -511,3 +511,113 @@ def check_sbatch(cfg: Config, part: Partition) -> list[str]:
             fix = f"sbatch refuses the {stage} job's options ({said}); fix or remove it"
             return [_message(key, value, fix)]  # the eval job shares them: one message
     return []
+
+
+# ---------------------------------------------------------------- the save window of a stop
+
+# A stop checkpoint needs the rest of the step it arrives in plus the write. The write is
+# measured; the factor covers a busier file system at run time, the allowance the step.
+SAVE_MARGIN = 1.5
+STEP_ALLOWANCE_S = 10
+
+
+@dataclass(frozen=True)
+class StopTiming:
+    """SLURM's side of a stop: how long it waits between its signal and SIGKILL."""
+
+    kill_wait_s: int | None  # `scontrol show config` KillWait
+    grace_time_s: int | None  # the partition's GraceTime, when its jobs can be preempted
+    preempt_mode: str  # the partition's PreemptMode ("OFF": never preempted)
+
+
+def parse_kill_wait(text: str) -> int | None:
+    """`KillWait = 30 sec` from `scontrol show config`."""
+    found = re.search(r"^KillWait\s*=\s*(\d+)", text, re.M)
+    return int(found.group(1)) if found else None
+
+
+def parse_partition_timing(text: str) -> tuple[int | None, str]:
+    """(GraceTime s, PreemptMode) from `scontrol show partition <name>`."""
+    grace = re.search(r"\bGraceTime=(\d+)", text)
+    mode = re.search(r"\bPreemptMode=(\S+)", text)
+    return (int(grace.group(1)) if grace else None), (mode.group(1).upper() if mode else "OFF")
+
+
+def read_stop_timing(partition: str) -> StopTiming:
+    def scontrol(*args: str) -> str:
+        proc = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=60)
+        return proc.stdout if proc.returncode == 0 else ""
+
+    grace, mode = parse_partition_timing(scontrol("show", "partition", partition))
+    return StopTiming(parse_kill_wait(scontrol("show", "config")), grace, mode)
+
+
+def measure_save(cfg: Config, directory: str | Path) -> tuple[float, int]:
+    """Seconds and bytes of one checkpoint of the configured method and an optimizer state
+    of its size, written as training writes it (atomic, fsynced) into a temporary directory
+    on `directory`'s file system, then removed."""
+    import time
+
+    import torch
+
+    from vice.methods import build_method
+    from vice.train.checkpoint import CheckpointManager
+
+    method = build_method(cfg)
+    slots = 2 if "adam" in cfg.optim.name.lower() else 1  # moments per parameter
+    params = [p.detach() for p in method.parameters() if p.requires_grad]
+    state = {
+        "method": method.state_dict(),
+        "optimizer": [torch.zeros_like(p) for p in params for _ in range(slots)],
+    }
+    with tempfile.TemporaryDirectory(prefix=".vice-save-probe-", dir=directory) as tmp:
+        started = time.monotonic()
+        path = CheckpointManager(tmp).save(state, 0)
+        seconds = time.monotonic() - started
+        size = sum(f.stat().st_size for f in path.iterdir())
+    return seconds, size
+
+
+def save_window_problems(
+    cfg: Config, timing: StopTiming, save_s: float, size_bytes: int
+) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of the windows a stop checkpoint must fit in.
+
+    - the time limit: SIGUSR2 comes cluster.signal_delay_s before it; the job requeues after
+      the save (jobs/slurm.py DeferredRequeue), so this is the window, and the user's: an error;
+    - a preemption: SLURM SIGKILLs GraceTime after its signal; the cluster's: a warning;
+    - `scontrol requeue` by hand, and the SIGTERM at the time limit itself: KillWait; a warning.
+    A save that misses its window is lost; the run continues from its last periodic checkpoint.
+    """
+    needed = math.ceil(SAVE_MARGIN * save_s) + STEP_ALLOWANCE_S
+    measured = (
+        f"a stop checkpoint ({size_bytes / 2**20:.0f} MB) took {save_s:.1f} s to write here; "
+        f"with the rest of a step allow {needed} s"
+    )
+    lost = (
+        "the stop checkpoint is lost and the run continues from its last periodic one "
+        f"(trainer.checkpoint_minutes={cfg.trainer.checkpoint_minutes:g} bounds the loss)"
+    )
+    errors, warnings = [], []
+    delay = cfg.cluster.signal_delay_s
+    if delay < needed:
+        limit_s = cfg.cluster.time_min * 60
+        fix = f"set cluster.signal_delay_s to at least {needed}"
+        if needed >= limit_s:
+            fix += f" and cluster.time_min above {math.ceil(needed / 60)}"
+        errors.append(_message("cluster.signal_delay_s", delay, f"{measured}; {fix}"))
+    part = cfg.cluster.partition or "the default partition"
+    grace = timing.grace_time_s
+    if timing.preempt_mode not in ("OFF", "") and grace is not None and grace < needed:
+        warnings.append(
+            f"{part}: GraceTime={grace} s (PreemptMode={timing.preempt_mode}) is shorter "
+            f"than the save: {measured}; on a preemption {lost}. A partition with a longer "
+            "GraceTime (cluster.partition) keeps it."
+        )
+    if timing.kill_wait_s is not None and timing.kill_wait_s < needed:
+        warnings.append(
+            f"KillWait={timing.kill_wait_s} s is shorter than the save: {measured}; after "
+            f"`scontrol requeue` by hand {lost}. Stop with `scancel --signal=USR2 <job>` "
+            "instead: the job saves, then requeues itself."
+        )
+    return errors, warnings

@@ -12,6 +12,7 @@ A chain whose pretraining completed but whose eval did not gets only a new eval.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -217,19 +218,29 @@ def tag_run(record: dict[str, Any]) -> str | None:
     """Names the chain's jobs on its MLflow run (`job_tags`), through the run's own tracker
     (the journal keeps them if the server is down); returns a warning, or None."""
     run_dir = record["run_dir"]
-    if not RunDir(run_dir).mlflow_run_id.is_file():
-        return None  # tracking.enabled=false
+    rd = RunDir(run_dir)
+    if not (rd.mlflow_run_id.is_file() or rd.tracking.is_dir()):
+        return None  # tracking.enabled=false (a run the server never saw has a journal)
     from vice.pipeline import load_config
     from vice.tracking import build_tracker
 
+    tracker_log = logging.getLogger("vice.tracking")
+    level = tracker_log.level
+    tracker_log.setLevel(logging.ERROR)  # the warning returned says it, in one line
     try:
-        tracker = build_tracker(load_config(run_dir).tracking, run_dir)
+        tracking = load_config(run_dir).tracking
+        tracker = build_tracker(tracking, run_dir)
         tracker.set_tags(job_tags(record))
         sent = tracker.close()
     except Exception as err:  # the jobs are queued; a tag is not worth failing for
         return f"{run_dir}: MLflow tags not updated ({type(err).__name__}: {err})"
+    finally:
+        tracker_log.setLevel(level)
     if not sent:
-        return f"{run_dir}: MLflow tags kept in the run's journal until the server answers"
+        return (
+            f"{run_dir}: MLflow ({tracking.uri}) does not answer; the new job ids wait in the "
+            f"run's journal, sent when it answers (or by python tools/mlflow_sync.py {run_dir})"
+        )
     return None
 
 

@@ -14,8 +14,10 @@ checkout is unpickled by the snapshot's code). submitit is imported lazily.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,51 @@ class TrainingStoppedError(RuntimeError):
     """Training saved a checkpoint and exited on a stop signal; a restart continues it."""
 
 
+class DeferredRequeue:
+    """Holds submitit's requeue on its stop signal until training has saved and exited.
+
+    submitit's handler for its signal (SIGUSR2: the time limit is near, or a preemption with
+    `send_user_signal`) runs `scontrol requeue` the moment the signal arrives, and SLURM then
+    SIGKILLs the job's steps after KillWait (30 s by default), whatever the save still needs.
+    Inside the task this handler only notes the signal; `requeue()` runs submitit's own
+    handler afterwards (its timeout count against trainer.max_requeues, `checkpoint()`,
+    `scontrol requeue`, exit), so the save window is the one the cluster and the user set:
+    `cluster.signal_delay_s` before a time limit, the partition's GraceTime on a preemption.
+    torchrun receives the signal from SLURM itself, as every process of the job step does.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.received: float | None = None  # when the signal came (time.time())
+        self._submitit_handler: Any = None
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = time.time()
+            log(
+                f"{signal.Signals(signum).name} received: training saves and exits first; "
+                "the requeue follows the save"
+            )
+
+    def __enter__(self) -> DeferredRequeue:
+        self._submitit_handler = signal.signal(self.signum, self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(self.signum, self._submitit_handler)
+
+    def requeue(self) -> None:
+        """submitit's handling of the signal, now: on global rank 0 it requeues the job and
+        exits (SystemExit), or raises UncompletedJobError when the time limit came once more
+        than trainer.max_requeues allows; other ranks return."""
+        handler = self._submitit_handler
+        if self.received is None or not callable(handler):
+            return
+        waited = time.time() - self.received
+        log(f"training saved and exited {waited:.1f} s after the signal; submitit takes over")
+        handler(self.signum, None)
+
+
 @dataclass
 class PretrainTask:
     """One node of the pretraining job: runs torchrun for this node's processes."""
@@ -84,17 +131,26 @@ class PretrainTask:
             is_host=node == 0,
         )
         script = Path(self.snapshot) / "jobs" / "pretrain.py"
-        command = torchrun_command(self.run_dir, self.nproc_per_node, rendezvous, script)
+        # torchrun waits for the save as long as the longest window SLURM may give it: the
+        # time-limit signal's lead (a preemption's GraceTime ends it earlier if shorter)
+        window = save_window_s(self.run_dir)
+        command = torchrun_command(
+            self.run_dir, self.nproc_per_node, rendezvous, script, shutdown_timeout_s=window
+        )
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
         child_env = torchrun_env(self.nproc_per_node, cpus)
         # torchrun's agent then logs (to the .err log, timestamped) when the rendezvous
         # completed and which global ranks this node got: what one needs when a job hangs.
         child_env.setdefault("LOGLEVEL", "INFO")
         try:
-            result = stages.pretrain(self.run_dir, command, child_env)
+            with DeferredRequeue(submitit_signal()) as deferred:
+                result = stages.pretrain(self.run_dir, command, child_env)
+            if result.outcome == "stopped":
+                deferred.requeue()  # rank 0: requeues and exits, unless requeues are used up
         except BaseException as err:
-            # submitit will not requeue (requeues used up): the run ended FAILED just now.
+            # submitit will not requeue (requeues used up): the run ends FAILED.
             if type(err).__name__ == "UncompletedJobError":
+                stages.finish(self.run_dir, "FAILED")
                 close_sweep_parent(self.run_dir)
             raise
         if result.outcome == "stopped":
@@ -125,6 +181,19 @@ class PretrainTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+def submitit_signal() -> signal.Signals:
+    """The signal submitit asks SLURM for and requeues on (`SUBMITIT_PREEMPT_SIGNAL`, USR2)."""
+    return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
+
+
+def save_window_s(run_dir: str) -> int:
+    """torchrun's shutdown timeout on SLURM: cluster.signal_delay_s (the save window the user
+    set for a time limit), at least 60 s."""
+    from vice.pipeline import load_config
+
+    return max(60, int(load_config(run_dir).cluster.signal_delay_s))
 
 
 def close_sweep_parent(run_dir: str) -> None:

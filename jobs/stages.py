@@ -46,12 +46,20 @@ def open_run(
         run_dir: The run directory (exists).
         run_name: The MLflow run's name where tracking.run_name is not set (see
             `vice.tracking.run_name`: the experiment and the overrides that distinguish it).
-        parent_run_id: The sweep's MLflow run to nest this run under.
+        parent_run_id: The sweep's MLflow run to nest this run under; None for a sweep point
+            while the server has not answered (the run is nested once it does).
         overrides: The command line's overrides, kept in the `overrides` tag.
         on_slurm: Whether the run is a SLURM job chain (MLflow's source type JOB, else LOCAL).
     """
     from vice.pipeline import write_config
-    from vice.tracking import PARENT_RUN_TAG, RUN_NAME_TAG, build_tracker, source_tags
+    from vice.run_dir import RunDir
+    from vice.tracking import (
+        PARENT_RUN_TAG,
+        RUN_NAME_TAG,
+        build_tracker,
+        source_tags,
+        sweep_config,
+    )
 
     path = write_config(cfg, run_dir)
     name = cfg.tracking.run_name or run_name
@@ -67,6 +75,10 @@ def open_run(
     if parent_run_id:
         tags[PARENT_RUN_TAG] = parent_run_id
     tracker.set_tags(tags)
+    sweep = RunDir(run_dir).sweep
+    if not parent_run_id and sweep_config(sweep.path) is not None:
+        # A sweep point whose parent run is not created yet (the server was down at launch).
+        tracker.set_parent_sweep(sweep.path)
     tracker.log_artifact(path)
     return tracker
 

@@ -33,6 +33,8 @@ _BYPASSED = re.compile(r"Bypassing signal (SIGTERM)")
 _REQUEUED = re.compile(r"Requeued job \S+ \((\d+) remaining timeouts\)")
 _NOT_REQUEUED = re.compile(r"Job not requeued because: (.+?)\.?\s*$")
 _RESUMED = re.compile(r"^resumed from (\S+) at step (\d+)")
+# jobs/slurm.py DeferredRequeue: submitit's requeue held until the training processes saved
+_HELD = re.compile(r"^\[vice (\S+ \S+)\] (SIG\w+) received: training saves and exits first")
 # The trainer's log line (vice/train/trainer.py, StepLogger.log).
 _STEP = re.compile(r"^step (\d+)/(\d+) \|.*\| ([\d.]+) img/s \|.*\| ETA (\S+)\s*$")
 _DONE = re.compile(r"^pretraining done: ")
@@ -157,6 +159,10 @@ def _attempt_events(attempt: Attempt, first: bool) -> list[Event]:
             events.append(Event(when, f"requeued by submitit ({r[1]} time-limit requeues left)"))
         elif n := _NOT_REQUEUED.search(text):
             events.append(Event(when, f"not requeued: {n[1]}"))
+    for line in task0:
+        if h := _HELD.match(line):
+            text = f"{h[2]} on task 0 (job {attempt.job_id}): the requeue waits for the save"
+            events.append(Event(_epoch(h[1]), text))
     # Starts from task 0's log (every task logs its start; one is enough); resumes from
     # whichever task got rank 0 at that start (only rank 0 prints them).
     for task, entry in enumerate(attempt.logs):
@@ -180,9 +186,10 @@ def chain_events(record: dict[str, Any]) -> list[Event]:
     events = []
     for stop in read_stops(run_dir):
         why = _STOP_WHY.get(stop.signal, "a stop signal")
-        events.append(
-            Event(stop.time, f"stopped at step {stop.step} by {stop.signal} ({why}), saved")
-        )
+        text = f"stopped at step {stop.step} by {stop.signal} ({why}), saved"
+        if stop.since_signal_s is not None:
+            text += f" {stop.since_signal_s:.0f} s after the signal"
+        events.append(Event(stop.time, text))
     tries = attempts(record)
     for i, attempt in enumerate(tries):
         events += _attempt_events(attempt, first=i == 0)
@@ -233,6 +240,7 @@ class ChainView:
     cause: str | None = None
     fix: str | None = None
     logs: list[str] = field(default_factory=list)  # the failed job's .err logs
+    settled: str | None = None  # the MLflow status this view set (settle_run)
 
     @property
     def run_dir(self) -> str:
@@ -300,6 +308,53 @@ def build_view(record: dict[str, Any], states: dict[str, watch.JobState]) -> Cha
     return view
 
 
+def ended_status(view: ChainView) -> str | None:
+    """The MLflow status an ended chain's run should have: KILLED when a job was cancelled
+    (`scancel`), FAILED when one died otherwise; None while the chain runs or when it
+    completed (the eval job ends its run FINISHED itself)."""
+    if not view.ended or view.pretrain is None:
+        return None
+    pre = view.pretrain.state
+    if pre == "COMPLETED":
+        if view.eval is None or view.eval.state == "COMPLETED":
+            return None
+        return "KILLED" if view.eval.state == "CANCELLED" else "FAILED"
+    return "KILLED" if pre == "CANCELLED" else "FAILED"
+
+
+def settle_run(view: ChainView) -> str | None:
+    """Ends the MLflow run of a chain whose jobs died without a word (`scancel`, a node or
+    SLURM killing them: no process of the run could set its status), through the run's
+    journal, and then the sweep's parent once no point runs. Returns the status set, or None
+    when nothing was to do. Used by `tools/status.py` and `launch.wait`."""
+    from vice.pipeline import load_config
+    from vice.tracking_journal import Journal
+
+    status = ended_status(view)
+    if status is None:
+        return None
+    journal = Journal(view.run_dir)
+    if not journal.record_path.is_file() or journal.record()["status"] not in (None, "RUNNING"):
+        return None  # never tracked, or already ended by the job itself
+    try:
+        if not load_config(view.run_dir).tracking.enabled:
+            return None
+    except (OSError, ValueError):
+        return None
+    from jobs import stages
+    from jobs.slurm import close_sweep_parent
+
+    stages.finish(view.run_dir, status)
+    close_sweep_parent(view.run_dir)
+    return status
+
+
+def _saved(stop: Any) -> str:
+    """How long the stop's checkpoint took from the signal: what a save window must hold."""
+    since = getattr(stop, "since_signal_s", None)
+    return f", saved {since:.0f} s after the signal" if since is not None else ""
+
+
 def format_view(view: ChainView, events: int = 8) -> str:
     """The chain's lines: states, progress, restarts and stops, ids, logs, a failure's cause.
 
@@ -333,12 +388,19 @@ def format_view(view: ChainView, events: int = 8) -> str:
     resubmits = len(rec.get("history", []))
     lines.append(
         f"  restarts: {view.requeues} by SLURM, {resubmits} resubmitted; stops: {len(stops)}"
-        + (f" (last: {stops[-1].signal} at step {stops[-1].step})" if stops else "")
+        + (
+            f" (last: {stops[-1].signal} at step {stops[-1].step}{_saved(stops[-1])})"
+            if stops
+            else ""
+        )
     )
     past = [f"{h['pretrain']['job_id']} {h['pretrain']['state']}" for h in rec.get("history", [])]
     if past:
         lines.append(f"  past pretrain jobs: {', '.join(past)}")
-    lines.append(f"  mlflow run: {view.mlflow_run_id or '-'}")
+    mlflow = f"  mlflow run: {view.mlflow_run_id or '-'}"
+    if view.settled:
+        mlflow += f" (ended {view.settled} now: its jobs ended without ending it)"
+    lines.append(mlflow)
     if p:
         lines.append(f"  progress log: {p.log}")
     for event in view.events[-events:]:
@@ -382,6 +444,9 @@ def status_text(paths: Sequence[str | Path], all_jobs: bool = False) -> tuple[st
     chains = views(find_records(where))
     if not chains:
         return f"no job records (jobs.json) under {', '.join(where) or 'SLURM jobs'}", True
+    for chain in chains:
+        if status := settle_run(chain):
+            chain.settled = status
     active = sum(not c.ended for c in chains)
     head = f"[{time.strftime('%H:%M:%S')}] {len(chains)} chains, {active} not ended"
     return "\n\n".join([head, *map(format_view, chains)]), active == 0

@@ -9,6 +9,10 @@ points are listed as such).
 
 The best point is the one with the highest `clustering.<C>.miou` at C = the number of classes
 (unsupervised segmentation's headline number), else the highest `linear.miou`.
+
+Everything goes through the parent run's journal in the sweep directory
+(`vice.tracking.SweepTracker`): with the tracking server down, the summary and the parent's
+status wait there and are sent when it answers (or by `tools/mlflow_sync.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from vice.run_dir import RunDir, SweepDir
+from vice.tracking import read_run_id, sweep_config, sweep_tracker
+from vice.tracking_journal import Journal
 
 
 def primary_metric(metrics: dict[str, Any]) -> str | None:
@@ -41,7 +47,8 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             {
                 "num": record.get("job_num"),
                 "overrides": record.get("overrides", ""),
-                "run_id": record.get("mlflow_run_id") or "",
+                # The run dir's id first: the server may have been down at submission.
+                "run_id": read_run_id(point.path) or record.get("mlflow_run_id") or "",
                 "run_dir": record["run_dir"],
                 "metrics": {
                     k: v for k, v in metrics.items() if isinstance(v, int | float) and "." in k
@@ -85,12 +92,9 @@ def render(rows: list[dict[str, Any]]) -> tuple[str, str]:
 def update_parent_summary(run_dir: str | Path, tracking_uri: str) -> dict[str, Any] | None:
     """Refreshes the summary of the sweep `run_dir` belongs to; None when it is no sweep."""
     sweep = RunDir(run_dir).sweep
-    if not sweep.parent_run_id.is_file():
+    tracker = sweep_tracker(sweep.path, tracking_uri)
+    if tracker is None:
         return None
-    from mlflow.tracking import MlflowClient  # seconds to import: only for a sweep
-
-    parent = sweep.parent_run_id.read_text().strip()
-    client = MlflowClient(tracking_uri)
     with open(sweep.summary_lock, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = collect(sweep.path)
@@ -100,20 +104,20 @@ def update_parent_summary(run_dir: str | Path, tracking_uri: str) -> dict[str, A
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(text)
             tmp.replace(path)
-            client.log_artifact(parent, str(path))
+            tracker.log_artifact(path)
         best = best_row(rows)
         done = sum(1 for r in rows if r["metrics"])
         tags = {"sweep.points": str(len(rows)), "sweep.evaluated": str(done)}
         if best is not None:
             row, key = best
-            for name, value in row["metrics"].items():
-                client.log_metric(parent, f"best.{name}", float(value), step=done)
+            best_metrics = {f"best.{name}": float(v) for name, v in row["metrics"].items()}
+            tracker.log_metrics(best_metrics, step=done)
             tags.update(
                 {"best.metric": key, "best.run_id": row["run_id"], "best.run_dir": row["run_dir"],
                  "best.overrides": row["overrides"]}
             )  # fmt: skip
-        for name, value in tags.items():
-            client.set_tag(parent, name, value)
+        tracker.set_tags(tags)
+    tracker.close()  # outside the lock: the other evals need not wait on the server
     return {"rows": rows, "best": best[0]["num"] if best else None, "markdown": md}
 
 
@@ -121,33 +125,39 @@ def update_parent_summary(run_dir: str | Path, tracking_uri: str) -> dict[str, A
 _WORST_FIRST = ("FAILED", "KILLED", "FINISHED")
 
 
-def close_parent_if_done(
-    sweep_dir: str | Path, tracking_uri: str, client: Any = None
-) -> str | None:
-    """Ends the sweep's parent run once no point's run is RUNNING (or SCHEDULED), with the
-    worst point's status; returns that status, or None while a point still runs (or for no
-    sweep). Every process that ends a point's run calls this: the last one closes the parent.
+def point_statuses(sweep_dir: str | Path) -> list[str]:
+    """Each tracked point's run status as its journal logged it (RUNNING until one ended it):
+    the truth also while the server is down, since every status goes through the journal."""
+    statuses = []
+    for row in collect(sweep_dir):
+        journal = Journal(row["run_dir"])
+        if journal.directory.is_dir():  # else tracking.enabled=false for this point
+            statuses.append(journal.record()["status"] or "RUNNING")
+    return statuses
+
+
+def close_parent_if_done(sweep_dir: str | Path, tracking_uri: str) -> str | None:
+    """Ends the sweep's parent run once no point's run is RUNNING, with the worst point's
+    status; returns that status, or None while a point still runs (or for no sweep). Every
+    process that ends a point's run calls this: the last one closes the parent.
 
     Args:
-        sweep_dir: The sweep directory (its `mlflow_parent_run_id`, its points' run dirs).
-        tracking_uri: The MLflow tracking URI.
-        client: An `MlflowClient` (tests); None: one for `tracking_uri`.
+        sweep_dir: The sweep directory (its parent run's journal, its points' run dirs).
+        tracking_uri: The MLflow tracking URI of a sweep whose parent run predates its journal.
     """
     sweep = SweepDir(sweep_dir)
-    if not sweep.parent_run_id.is_file():
-        return None
-    parent = sweep.parent_run_id.read_text().strip()
-    if client is None:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri)
-    statuses = []
-    for row in collect(sweep.path):
-        if row["run_id"]:
-            statuses.append(client.get_run(row["run_id"]).info.status)
+    if sweep_config(sweep.path) is None and not sweep.parent_run_id.is_file():
+        return None  # no sweep with a parent run
+    statuses = point_statuses(sweep.path)
     ended = [s for s in statuses if s in _WORST_FIRST]
     if not statuses or len(ended) < len(statuses):
         return None
+    tracker = sweep_tracker(sweep.path, tracking_uri)
+    if tracker is None:
+        return None
     status = min(ended, key=_WORST_FIRST.index)
-    client.set_terminated(parent, status)
+    if tracker.journal.record()["status"] == status:
+        tracker.close()  # ended already (by another point's job): only send what waits
+    else:
+        tracker.finish(status)
     return status

@@ -17,6 +17,10 @@ AGENT_SCRIPT = Path(__file__).resolve().parent / "torchrun_agent.py"  # torchrun
 # What torchrun forwards to the training processes: SLURM's SIGTERM (preemption, requeue),
 # submitit's SIGUSR2 (time limit near), Ctrl-C, and hang-ups.
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
+# How long torchrun's agent waits for its workers to save and exit after forwarding a stop
+# signal, before it SIGKILLs them (torchrun's own default, 30 s, would cut a longer save).
+# Locally nothing else bounds a Ctrl-C's save; a second Ctrl-C ends the wait.
+LOCAL_SHUTDOWN_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ def torchrun_command(
     rendezvous: Rendezvous | None = None,
     script: str | Path = PRETRAIN_SCRIPT,
     python: str = sys.executable,
+    shutdown_timeout_s: int = LOCAL_SHUTDOWN_TIMEOUT_S,
 ) -> list[str]:
     """`python <jobs>/torchrun_agent.py ... <script> <run_dir>` (torchrun's arguments).
 
@@ -44,6 +49,8 @@ def torchrun_command(
         rendezvous: None: standalone on this machine (`--nnodes=1`).
         script: The training entry point (a SLURM job names its code snapshot's copy).
         python: The interpreter of the training processes.
+        shutdown_timeout_s: torchrun's `--shutdown-timeout`: the save window torchrun
+            itself allows after a stop signal (a SLURM job passes its configured one).
     """
     if rendezvous is None:
         nodes = ["--standalone", "--nnodes=1"]
@@ -67,6 +74,7 @@ def torchrun_command(
         f"--nproc-per-node={nproc_per_node}",
         *rdzv,
         f"--signals-to-handle={TORCHRUN_SIGNALS}",
+        f"--shutdown-timeout={shutdown_timeout_s}",
         str(script),
         str(run_dir),
     ]

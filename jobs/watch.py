@@ -360,5 +360,8 @@ def wait_for(
                 out(f"  eval job {chain.eval_id} {ev.state}")
                 _report_failure(chain, "eval", out, ev.state)
             ok = ok and ev.state == "COMPLETED"
+        view = status.build_view(status.record_of(chain), final)
+        if settled := status.settle_run(view):  # scancel, or killed by SLURM: say it in MLflow
+            out(f"  mlflow run {view.mlflow_run_id}: {settled} (its jobs ended without ending it)")
         results[chain.num] = ok
     return results

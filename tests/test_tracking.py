@@ -266,3 +266,70 @@ def test_model_and_dataset_inputs_are_logged_and_the_model_loads_and_runs(tmp_pa
     assert '"/data/coco"' in inp.dataset.source
     assert [(t.key, t.value) for t in inp.tags] == [("mlflow.data.context", "train")]
     assert tracker.journal.record()["models"] == ["model"]
+
+
+def _down_uri() -> str:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_sweep_parent_opened_with_the_server_down_is_journaled_at_once(
+    tmp_path, caplog, monkeypatch
+):
+    """A `-m` sweep launched while the server is down: the launcher opens the parent and every
+    point's run without waiting, says so in one line, and each point will nest under it."""
+    import json
+    import time
+
+    from vice import tracking
+    from vice.run_dir import SweepDir
+    from vice.tracking import open_parent_run
+
+    monkeypatch.setattr(tracking, "_LAST_WARNING", {})
+    cfg = TrackingConfig(uri=_down_uri(), experiment="sweeps")
+    started = time.monotonic()
+    assert open_parent_run(cfg, tmp_path, "sweep 10-00-00") is None  # created when it answers
+    points = [MlflowTracker(cfg, tmp_path / str(n), background=False) for n in range(2)]
+    for point in points:
+        point.set_parent_sweep(tmp_path)
+        assert not point.flush()
+    assert time.monotonic() - started < 20  # minutes before the journal
+    sweep = SweepDir(tmp_path)
+    assert json.loads(sweep.tracking_config.read_text()) == {
+        "uri": cfg.uri, "experiment": "sweeps", "run_name": "sweep 10-00-00"
+    }  # fmt: skip
+    assert not sweep.parent_run_id.exists()
+    assert points[0].journal.record()["parent_sweep"] == str(tmp_path.resolve())
+    assert [op["op"] for op in points[1].journal.pending()] == ["parent"]
+    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(unreachable) == 1 and cfg.uri in unreachable[0].getMessage()
+
+
+@pytest.mark.slow
+def test_the_first_point_to_reach_the_server_creates_the_one_sweep_parent(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from vice.tracking import PARENT_RUN_TAG, SweepTracker, open_parent_run
+
+    cfg = _sqlite(tmp_path)
+    sweep = tmp_path / "sweep"
+    with monkeypatch.context() as down:  # the launcher meets a server that is down
+        down.setattr(SweepTracker, "flush", lambda self: False)
+        assert open_parent_run(cfg, sweep, "sweep 10-00-00") is None
+    points = []
+    for n in range(2):
+        point = MlflowTracker(cfg, sweep / str(n), run_name=f"lr=0.{n}", background=False)
+        point.set_parent_sweep(sweep)
+        assert point.flush()
+        points.append(point)
+    parent = SweepTracker.read_id(sweep)
+    client = MlflowClient(cfg.uri)
+    runs = client.search_runs([points[0].experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["lr=0.0", "lr=0.1", "sweep 10-00-00"]
+    assert {r.info.run_id: r.data.tags.get(PARENT_RUN_TAG) for r in runs} == {
+        parent: None, points[0].run_id: parent, points[1].run_id: parent
+    }  # fmt: skip
+    assert open_parent_run(cfg, sweep) == parent  # another batch of the sweep: the same run

@@ -5,7 +5,9 @@
 
 Each run directory keeps a journal (`<run_dir>/tracking/`): operations MLflow has not
 accepted yet (an outage, a crash), every metric value ever logged, and the run's params,
-tags, artifacts, models and status as logged. This tool sends the pending operations in
+tags, artifacts, models and status as logged. A sweep directory keeps one for the sweep's
+parent run; it is synced first (created if the server was down all along), then its points,
+whose runs must be nested under it. This tool sends the pending operations in
 order (metric steps MLflow already holds are skipped, so nothing is duplicated), restores
 the run's logged status (FINISHED, FAILED, KILLED; it never reopens a run), then compares
 MLflow's run with the journal: every logged (key, step) exactly once, every param, tag,
@@ -25,42 +27,58 @@ sys.path.insert(0, str(ROOT))
 
 
 def run_dirs(paths: list[str]) -> list[Path]:
-    """Run directories (holding `mlflow_run_id` or a journal) at or under `paths`."""
+    """Sweep directories (with a journaled parent run), then run directories (holding
+    `mlflow_run_id` or a journal), at or under `paths`."""
     from vice.run_dir import RunDir, SweepDir
 
     found = set()
     for path in map(Path, paths):
-        run, snapshot = RunDir(path), SweepDir(path).code.name  # a snapshot holds no runs
+        run, sweep = RunDir(path), SweepDir(path)
+        snapshot = sweep.code.name  # a snapshot holds no runs
         for marker in (run.mlflow_run_id, run.tracking):
             if marker.exists():
                 found.add(path.resolve())
             for hit in path.rglob(marker.name):
                 if snapshot not in hit.relative_to(path).parts[:-1]:
                     found.add(hit.parent.resolve())
-    return sorted(found)
+    return sorted(found, key=lambda d: (not is_sweep(d), d))
+
+
+def is_sweep(path: Path) -> bool:
+    from vice.tracking import sweep_config
+
+    return sweep_config(path) is not None
+
+
+def tracking_of(path: Path) -> Any:
+    """The `TrackingConfig` of a run directory (its config.yaml) or a sweep's parent run."""
+    from vice.pipeline import load_config
+    from vice.tracking import sweep_config
+
+    return sweep_config(path) or load_config(path).tracking
 
 
 def sync(run_dir: Path, send: bool) -> list[str]:
-    """Sends (if `send`) and checks one run; returns its problems."""
+    """Sends (if `send`) and checks one run, or a sweep's parent run; returns its problems."""
     from mlflow.tracking import MlflowClient
 
-    from vice.pipeline import load_config
-    from vice.tracking import MlflowTracker, read_run_id
+    from vice.tracking import MlflowTracker, SweepTracker
     from vice.tracking_journal import Journal, compare_history
 
-    cfg = load_config(run_dir)
+    cfg = tracking_of(run_dir)
+    kind = SweepTracker if is_sweep(run_dir) else MlflowTracker
     journal = Journal(run_dir)
     if send:
         # reopen=False: sending what others logged must not turn a FINISHED run RUNNING.
-        tracker = MlflowTracker(cfg.tracking, run_dir, background=False, reopen=False)
+        tracker = kind(cfg, run_dir, background=False, reopen=False)
         tracker.flush()
         if tracker.journal.pending():
-            return [f"MLflow ({cfg.tracking.uri}) did not accept the pending operations"]
-    run_id = read_run_id(run_dir)
+            return [f"MLflow ({cfg.uri}) did not accept the pending operations"]
+    run_id = kind.read_id(run_dir)
     if run_id is None:
         return ["no MLflow run yet (the server never answered); run without --check-only"]
     problems = [f"still pending: {len(journal.pending())} operations"] if journal.pending() else []
-    client = MlflowClient(cfg.tracking.uri)
+    client = MlflowClient(cfg.uri)
     record = journal.record()
     run = client.get_run(run_id)
     if send and record["status"] and run.info.status != record["status"]:
@@ -93,6 +111,13 @@ def compare_run(client: Any, run: Any, record: dict[str, Any]) -> list[str]:
                 problems.append(f"different {kind}: {key} is {held[key]!r}, logged {value!r}")
     if record["status"] and run.info.status != record["status"]:
         problems.append(f"status: {run.info.status}, logged {record['status']}")
+    if record["parent_sweep"]:
+        from vice.tracking import PARENT_RUN_TAG, SweepTracker
+
+        parent = SweepTracker.read_id(record["parent_sweep"])
+        if run.data.tags.get(PARENT_RUN_TAG) != parent:
+            held = run.data.tags.get(PARENT_RUN_TAG)
+            problems.append(f"parent: {held}, not the sweep's parent run {parent}")
     folders: dict[str, set[str]] = {}
     for path in record["artifacts"]:
         folder = path.rpartition("/")[0]
@@ -117,9 +142,13 @@ def unreachable(uri: str) -> str | None:
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:
-        text = str(err).strip()
-        return text.splitlines()[0][:200] if text else type(err).__name__
+        return _first_line(err)
     return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,10 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     if not dirs:
         print(f"error: no run directories under {', '.join(args.paths)}", file=sys.stderr)
         return 2
-    from vice.pipeline import load_config
     from vice.tracking_journal import Journal
 
-    for uri in sorted({load_config(d).tracking.uri for d in dirs}):
+    try:
+        uris = sorted({tracking_of(d).uri for d in dirs})
+    except (OSError, ValueError) as err:  # a folder with a journal but no config.yaml
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for uri in uris:
         why = unreachable(uri)
         if why is not None:
             print(
@@ -150,16 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for run_dir in dirs:
         values = len(Journal(run_dir).ledger())
-        problems = sync(run_dir, send=not args.check_only)
+        try:
+            problems = sync(run_dir, send=not args.check_only)
+        except Exception as err:  # the server went away meanwhile, or refused a request
+            problems = [f"MLflow error: {_first_line(err)}"]
         if problems:
             failed += 1
             print(f"FAIL {run_dir}: {len(problems)} problems")
             for problem in problems[:20]:
                 print(f"  {problem}")
         else:
+            what = " (the sweep's parent run)" if is_sweep(run_dir) else ""
             print(
-                f"ok   {run_dir}: all {values} logged metric values are in MLflow, once each; "
-                "params, tags, artifacts, models and status as logged"
+                f"ok   {run_dir}{what}: all {values} logged metric values are in MLflow, once "
+                "each; params, tags, artifacts, models and status as logged"
             )
     print(f"{len(dirs) - failed}/{len(dirs)} runs complete in MLflow")
     return 1 if failed else 0

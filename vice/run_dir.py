@@ -57,6 +57,18 @@ class SweepDir(_Dir):
         return self.path / "mlflow_parent_run_id"
 
     @property
+    def tracking(self) -> Path:
+        """The parent run's tracking journal, laid out as a run directory's (so `Journal(sweep_dir)`
+        reads it: `vice.tracking_journal`)."""
+        return self.path / "tracking"
+
+    @property
+    def tracking_config(self) -> Path:
+        """Where and under which name the parent run is created (`tracking.uri`, `experiment`,
+        `run_name` as JSON), for whichever process reaches the server first."""
+        return self.tracking / "sweep.json"
+
+    @property
     def code(self) -> Path:
         """The code snapshot every job of the launch runs (`jobs/snapshot.py`)."""
         return self.path / "code"

@@ -2,7 +2,8 @@
 
 MLflow is imported lazily (it costs seconds) and only rank 0 logs. MLflow cannot take a
 user-chosen run id, so the id is written into the run directory the first time and every
-later process (training ranks, resumed jobs, the evaluation) reopens that run.
+later process (training ranks, resumed jobs, the evaluation) reopens that run. A sweep's
+parent run is kept the same way in the sweep directory (`SweepTracker`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class Tracker:
 
     def log_inputs(self, datasets: list[dict[str, Any]]) -> None:
         """Data sets the run read (`dataset_input`), as MLflow dataset inputs."""
+
+    def set_parent_sweep(self, sweep_dir: str | Path) -> None:
+        """Nests the run under the parent run of the sweep in `sweep_dir`, whose id may not
+        exist yet (the server was down when the sweep was launched)."""
 
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -239,25 +244,51 @@ def _write_id(path: Path, run_id: str) -> None:
 def open_parent_run(
     cfg: TrackingConfig, sweep_dir: str | Path, run_name: str | None = None
 ) -> str | None:
-    """The MLflow run grouping a sweep's runs; created once, its id kept in the sweep dir.
+    """The MLflow run grouping a sweep's runs, journaled in the sweep dir as a point's run is
+    in its run dir (`SweepTracker`): a launch never waits on the server, nor fails with it.
 
-    A second call for the same sweep directory (another batch of the sweep, a resubmission)
-    reopens the same run. Returns None when tracking is disabled.
+    A second call for the same sweep directory (another batch of the sweep) reopens the same
+    run. Returns its id; None when tracking is disabled, or while the server has not answered
+    (one warning says so): the run is then created by whichever process reaches the server
+    first, a point's job nesting its run under it, or `tools/mlflow_sync.py`.
     """
     if not cfg.enabled:
         return None
-    from mlflow.tracking import MlflowClient
+    sweep = SweepDir(sweep_dir)
+    if not sweep.tracking_config.is_file():  # the first batch names the run
+        _write_sweep_config(sweep, cfg, run_name)
+    return SweepTracker(sweep_config(sweep.path) or cfg, sweep.path, background=False).run_id
 
-    quick_http_failures()  # a server that is down fails this in seconds, not minutes
-    client = MlflowClient(tracking_uri=cfg.uri)
-    path = SweepDir(sweep_dir).parent_run_id
-    if path.is_file():
-        run_id = path.read_text().strip()
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    run = client.create_run(_experiment_id(client, cfg.experiment), run_name=run_name)
-    _write_id(path, run.info.run_id)
-    return run.info.run_id
+
+def _write_sweep_config(sweep: SweepDir, cfg: TrackingConfig, run_name: str | None) -> None:
+    sweep.tracking.mkdir(parents=True, exist_ok=True)
+    fields = {"uri": cfg.uri, "experiment": cfg.experiment, "run_name": run_name}
+    tmp = sweep.tracking_config.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fields))
+    os.replace(tmp, sweep.tracking_config)
+
+
+def sweep_config(sweep_dir: str | Path) -> TrackingConfig | None:
+    """Where the sweep's parent run lives and its name; None when `sweep_dir` has no journaled
+    parent run (no sweep, or one launched before the parent run was journaled)."""
+    path = SweepDir(sweep_dir).tracking_config
+    if not path.is_file():
+        return None
+    fields = json.loads(path.read_text())
+    return TrackingConfig(uri=fields["uri"], experiment=fields["experiment"],
+                          run_name=fields.get("run_name"))  # fmt: skip
+
+
+def sweep_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker | None:
+    """The tracker of the sweep's parent run, sending on `close()` only; None when `sweep_dir`
+    is no tracked sweep. `uri`: the server of a sweep whose parent run predates its journal."""
+    cfg = sweep_config(sweep_dir)
+    if cfg is None:
+        if uri is None or SweepTracker.read_id(sweep_dir) is None:
+            return None
+        cfg = TrackingConfig(uri=uri)  # its run exists: the experiment's name is not needed
+        _write_sweep_config(SweepDir(sweep_dir), cfg, None)  # journaled from now on
+    return SweepTracker(cfg, sweep_dir, background=False, reopen=False)
 
 
 class MlflowTracker(Tracker):
@@ -272,6 +303,7 @@ class MlflowTracker(Tracker):
 
     `parent_run_id` (a sweep's run, see `open_parent_run`) nests a new run under it; it is
     passed explicitly and never through MLFLOW_RUN_ID, which child processes would inherit.
+    When the parent's id is not known yet, `set_parent_sweep` nests the run once it is.
     """
 
     RETRY_S = (2.0, 5.0, 10.0, 30.0, 60.0)  # waits between attempts while the server is down
@@ -294,23 +326,32 @@ class MlflowTracker(Tracker):
         self.run_dir = Path(run_dir)
         self.client = MlflowClient(tracking_uri=cfg.uri)
         self.journal = Journal(self.run_dir)
-        self.run_id = read_run_id(self.run_dir)
+        self.run_id = self.read_id(self.run_dir)
         self.experiment_id: str | None = None
         self._new_run = {"run_name": run_name or cfg.run_name, "parent": parent_run_id}
         self._sent: dict[str, set[int]] = {}  # metric key -> steps the run holds
         self._failures = 0
-        self._last_warning = 0.0
         self._wake = threading.Event()
         self._closing = False
-        if self.run_id is not None and reopen:
+        if reopen and (self.run_id is not None or self.journal.record()["status"] is not None):
             # A resumed job or the chained eval: RUNNING again, in order with the journal's
-            # other operations (so a later terminate wins).
+            # other operations (so a later terminate wins), also over a pending terminate.
             self.journal.append({"op": "reopen"})
         self.flush()  # creates or reopens the run now if the server answers
         self._thread = None
         if background:
             self._thread = threading.Thread(target=self._loop, name="mlflow-flush", daemon=True)
             self._thread.start()
+
+    @classmethod
+    def id_path(cls, directory: str | Path) -> Path:
+        """Where the run's id is kept: the one place every process reads it from."""
+        return RunDir(directory).mlflow_run_id
+
+    @classmethod
+    def read_id(cls, directory: str | Path) -> str | None:
+        path = cls.id_path(directory)
+        return path.read_text().strip() if path.is_file() else None
 
     # ----------------------------------------------------------------- the interface
 
@@ -356,6 +397,11 @@ class MlflowTracker(Tracker):
         self.journal.append({"op": "inputs", "datasets": datasets})
         self._wake.set()
 
+    def set_parent_sweep(self, sweep_dir: str | Path) -> None:
+        # Resolved when sent: the parent run's id then, creating that run if nobody has yet.
+        self.journal.append({"op": "parent", "sweep_dir": str(Path(sweep_dir).resolve())})
+        self._wake.set()
+
     def finish(self, status: str = "FINISHED", timeout_s: float = 60.0) -> None:
         """Marks the run `status` and sends everything pending (waiting up to `timeout_s`)."""
         self.journal.append({"op": "terminate", "status": status})
@@ -383,7 +429,7 @@ class MlflowTracker(Tracker):
         return not ops
 
     def ui_command(self) -> str:
-        self.run_id = self.run_id or read_run_id(self.run_dir)  # another process created it
+        self.run_id = self.run_id or self.read_id(self.run_dir)  # another process created it
         if self.run_id is None:
             return ui_command(self.cfg.uri) + " (the run is created when the server answers)"
         if self.experiment_id is None:
@@ -422,6 +468,7 @@ class MlflowTracker(Tracker):
             return False
         if self._failures:
             log.warning("MLflow (%s) answers again: the pending values were sent", self.cfg.uri)
+            _LAST_WARNING.pop(self.cfg.uri, None)  # a new outage is said at once
         self._failures = 0
         return True
 
@@ -429,7 +476,7 @@ class MlflowTracker(Tracker):
         if self.run_id is None:
             # Another process of this run (the launcher, training's rank 0, the eval) may have
             # created it since this one started; the send lock orders them: one run per run dir.
-            self.run_id = read_run_id(self.run_dir)
+            self.run_id = self.read_id(self.run_dir)
         if self.run_id is None:
             tags = {PARENT_RUN_TAG: self._new_run["parent"]} if self._new_run["parent"] else None
             run = self.client.create_run(
@@ -438,7 +485,7 @@ class MlflowTracker(Tracker):
                 tags=tags,
             )
             self.run_id = run.info.run_id
-            _write_id(RunDir(self.run_dir).mlflow_run_id, self.run_id)
+            _write_id(self.id_path(self.run_dir), self.run_id)
             self.experiment_id = run.info.experiment_id
         if self.experiment_id is None:
             self.experiment_id = self.client.get_run(self.run_id).info.experiment_id
@@ -476,6 +523,9 @@ class MlflowTracker(Tracker):
             self._send_model(op)
         elif kind == "inputs":
             self._send_inputs(op)
+        elif kind == "parent":
+            parent = SweepTracker.reach(op["sweep_dir"], self.cfg)
+            self.client.set_tag(self.run_id, PARENT_RUN_TAG, parent)
         elif kind == "reopen":
             self.client.update_run(self.run_id, status="RUNNING")
         elif kind == "terminate":
@@ -518,17 +568,45 @@ class MlflowTracker(Tracker):
         self.client.log_inputs(self.run_id, datasets=inputs)
 
     def _warn(self, err: BaseException) -> None:
+        # Once a minute per server and process: a launcher's trackers (the sweep's and every
+        # point's) meet the same outage, and say it in one line.
         now = time.monotonic()
-        if now - self._last_warning < 60 and self._failures > 1:
+        if now - _LAST_WARNING.get(self.cfg.uri, -60.0) < 60:
             return
-        self._last_warning = now
+        _LAST_WARNING[self.cfg.uri] = now
         pending = self.journal.pending_metric_values()
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         log.warning(
             "MLflow (%s) unreachable (%s): %s metric values pending in %s; they are sent "
-            "when it answers again (training goes on)",
+            "when it answers again (nothing waits for it)",
             self.cfg.uri, first, pending, self.journal.pending_path,
         )  # fmt: skip
+
+
+_LAST_WARNING: dict[str, float] = {}  # tracking URI -> when this process said it is unreachable
+
+
+class SweepTracker(MlflowTracker):
+    """A sweep's parent run: journaled in `<sweep_dir>/tracking/`, its id in
+    `<sweep_dir>/mlflow_parent_run_id`. Whichever process reaches the server first creates
+    it (the launcher, a point's job nesting its run, `tools/mlflow_sync.py`); the journal's
+    send lock makes that one run per sweep, as for a point's run."""
+
+    @classmethod
+    def id_path(cls, directory: str | Path) -> Path:
+        return SweepDir(directory).parent_run_id
+
+    @classmethod
+    def reach(cls, sweep_dir: str | Path, cfg: TrackingConfig) -> str:
+        """The parent run's id, created now if nobody has yet (with the sweep's own config,
+        else `cfg`); raises while the server does not answer."""
+        run_id = cls.read_id(sweep_dir)
+        if run_id is None:
+            tracker = cls(sweep_config(sweep_dir) or cfg, sweep_dir, background=False, reopen=False)
+            run_id = tracker.run_id
+        if run_id is None:
+            raise ConnectionError(f"the sweep's parent run ({sweep_dir}) could not be created")
+        return run_id
 
 
 def _requirements(model_dir: str) -> list[str]:
@@ -542,10 +620,13 @@ def _requirements(model_dir: str) -> list[str]:
 def quick_http_failures() -> None:
     """MLflow's HTTP client retries for minutes by default; our sender retries on its own
     schedule, so one attempt should fail fast (a user's explicit setting wins). urllib3's
-    warning on each retry is quiet: the tracker says once that the server is unreachable."""
+    warning on each retry is quiet: the tracker says once that the server is unreachable.
+    So are the "View run ... at" lines the client prints on ending a run over HTTP: they
+    would land in the middle of a job's log (or a tool's report) from the sending thread."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 

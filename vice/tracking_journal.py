@@ -9,8 +9,11 @@ Two JSON-lines files under `<run_dir>/tracking/`:
 - `metrics.jsonl`: every metric value ever logged for the run (key, step, value, time),
   append-only: what the server's history is checked against.
 - `record.json`: the run's params, tags, artifacts and status as the operations leave them
-  (params keep their first value, as MLflow does; tags and the status their last): what
-  `tools/mlflow_sync.py` checks the server's run against, and the status it restores.
+  (params keep their first value, as MLflow does; tags and the status their last), and the
+  sweep whose parent run it is nested under: what `tools/mlflow_sync.py` checks the server's
+  run against, and the status it restores.
+
+A sweep directory holds the same journal for the sweep's parent run (`vice.tracking.SweepTracker`).
 
 Several processes may share a run's journal (the launcher, rank 0 of training, the
 evaluation, a sync tool): appends and removals hold a short file lock, and sending holds a
@@ -38,7 +41,8 @@ RECORD_FILE = "record.json"
 LOCK_FILE = "journal.lock"
 SEND_LOCK_FILE = "send.lock"
 
-# {"op": "metrics" | "params" | "tags" | "artifact" | "model" | "inputs" | "reopen" | "terminate"}
+# {"op": "metrics" | "params" | "tags" | "artifact" | "model" | "inputs" | "parent" | "reopen"
+#  | "terminate"}
 Op = dict[str, Any]
 
 
@@ -100,6 +104,8 @@ class Journal:
         elif kind == "model":
             if op["name"] not in record["models"]:
                 record["models"].append(op["name"])
+        elif kind == "parent":
+            record["parent_sweep"] = op["sweep_dir"]
         elif kind == "reopen":
             record["status"] = "RUNNING"
         elif kind == "terminate":
@@ -111,10 +117,11 @@ class Journal:
         os.replace(tmp, self.record_path)
 
     def record(self) -> dict[str, Any]:
-        """{"params", "tags", "artifacts", "models", "status"} as logged (status None: never
-        set)."""
+        """{"params", "tags", "artifacts", "models", "status", "parent_sweep"} as logged (status
+        None: never set; parent_sweep: the sweep dir of `set_parent_sweep`, else None)."""
         empty: dict[str, Any] = {
-            "params": {}, "tags": {}, "artifacts": [], "models": [], "status": None
+            "params": {}, "tags": {}, "artifacts": [], "models": [], "status": None,
+            "parent_sweep": None,
         }  # fmt: skip
         if not self.record_path.is_file():
             return empty

@@ -332,3 +332,32 @@ def test_failures_resumed_by_resubmit(reference, tmp_path):
         assert [h["pretrain"]["state"] for h in record["history"]] == ["FAILED"] * 3
     finally:
         run.cancel()
+
+
+def test_a_save_longer_than_killwait_is_not_lost(reference, tmp_path):
+    """The cluster's KillWait is 30 s; the stop checkpoint takes 40 s. `scancel --signal=USR2`
+    (what SLURM sends before a time limit, or at a preemption with send_user_signal) used to
+    make submitit requeue at once, and SLURM SIGKILLed the save 30 s later. The requeue now
+    follows the save: the run resumes at the step it stopped, and ends like the reference."""
+    from vice.train.checkpoint import WRITE_DELAY_ENV
+    from vice.train.trainer import STEP_DELAY_ENV
+
+    # the preflight measures the slow write too: the window the user sets must hold it
+    run = Run(
+        tmp_path,
+        "trainer.checkpoint_every=100",  # only the stop's and the final checkpoint are slow
+        "cluster.signal_delay_s=90",
+        env={WRITE_DELAY_ENV: "40", STEP_DELAY_ENV: "1"},
+    )
+    try:
+        run.wait_step(3)
+        subprocess.run(["scancel", "--signal=USR2", run.pretrain], check=True)
+        run.wait_running_again(0)
+        stop = stops(run.run_dir)[0]
+        assert stop["signal"] == "SIGUSR2" and stop["since_signal_s"] > 30 + 5, stop
+        ckpt = run.run_dir / "checkpoints" / f"step_{stop['step']:09d}"
+        assert f"resumed from {ckpt} at step {stop['step']}" in run.logs()
+        assert "training saves and exits first; the requeue follows the save" in run.logs()
+        check_completed_like_reference(run, reference, stops_expected=1)
+    finally:
+        run.cancel()

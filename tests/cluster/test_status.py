@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_preemption import Run, preempt, state
+from .test_preemption import Run, preempt, state, stops
 from .test_slurm_launch import FAST, ROOT, _command
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -138,3 +138,57 @@ def test_sweep_parent_run_stays_running_until_its_points_end(cluster, tmp_path):
         assert client.get_run(parent).info.status == "FINISHED"
     finally:
         subprocess.run(["scancel", *ids], check=False)
+
+
+def test_exhausted_requeues_end_failed_with_the_cause_and_the_fix(cluster, tmp_path):
+    """trainer.max_requeues=0 and a 2-minute limit: the first time-limit signal saves, then
+    submitit refuses the requeue; the run ends FAILED in SLURM and MLflow, and the status view
+    names the true cause (not the signal) and the fix."""
+    from vice.train.trainer import STEP_DELAY_ENV
+
+    run = Run(
+        tmp_path,
+        "cluster.time_min=2",
+        "cluster.signal_delay_s=60",
+        "trainer.checkpoint_minutes=1",
+        "trainer.max_requeues=0",
+        env={STEP_DELAY_ENV: "8"},  # 16 steps outlast the 2 minutes
+    )
+    sweep = tmp_path / "sweep"
+    run_id = (run.run_dir / "mlflow_run_id").read_text().strip()
+    try:
+        assert run.wait_ended(run.pretrain) == "FAILED", run.logs()[-3000:]
+        assert run.wait_ended(run.eval) == "CANCELLED"
+        out = status(sweep)
+        assert "cause: time limit reached 1 time: the requeues (trainer.max_requeues=0) are " \
+            "used up" in out, out  # fmt: skip
+        assert (
+            "fix: raise trainer.max_requeues, or continue this run with: python "
+            f"tools/resubmit.py {run.run_dir} --job {run.pretrain}"
+        ) in out
+        assert "stops: 1 (last: SIGUSR2 at step" in out
+        assert "SignalException" not in out and "got signal: 12" not in out
+        assert _client(tmp_path).get_run(run_id).info.status == "FAILED"
+        # the requeue waited for the save, and the save was recorded with its duration
+        assert "training saves and exits first; the requeue follows the save" in run.logs()
+        assert stops(run.run_dir)[0]["since_signal_s"] is not None
+    finally:
+        run.cancel()
+
+
+def test_scancel_ends_the_mlflow_run_killed_once_the_status_view_sees_it(cluster, tmp_path):
+    from vice.train.trainer import STEP_DELAY_ENV
+
+    run = Run(tmp_path, env={STEP_DELAY_ENV: "1"})
+    run_id = (run.run_dir / "mlflow_run_id").read_text().strip()
+    try:
+        run.wait_step(2)
+        run.cancel()
+        assert run.wait_ended(run.pretrain) == "CANCELLED"
+        assert run.wait_ended(run.eval) == "CANCELLED"
+        out = status(tmp_path / "sweep")
+        assert f"mlflow run: {run_id} (ended KILLED now: its jobs ended without ending it)" in out
+        assert _client(tmp_path).get_run(run_id).info.status == "KILLED"
+        assert "ended KILLED now" not in status(tmp_path / "sweep")  # once
+    finally:
+        run.cancel()

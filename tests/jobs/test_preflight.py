@@ -270,3 +270,68 @@ def test_eval_split_errors_name_the_eval_keys():
         check_data(cfg(data={"eval_split": "test"}))
     with pytest.raises(ValueError, match=r"eval\.linear_train_split='test': the synthetic"):
         check_data(cfg(eval={"linear_train_split": "test"}))
+
+
+# `scontrol show config` / `scontrol show partition batch` on tools/slurm_cluster.py's cluster
+SCONTROL_CONFIG = "JobRequeue = 1\nKillWait                = 30 sec\nKillOnBadExit = 0\n"
+SCONTROL_PARTITION = (
+    "PartitionName=batch\n   AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL\n"
+    "   DefaultTime=NONE DisableRootJobs=NO ExclusiveUser=NO GraceTime=20 Hidden=NO\n"
+    "   OverSubscribe=NO\n   OverTimeLimit=NONE PreemptMode=REQUEUE\n"
+)
+
+
+def test_parse_stop_timing():
+    from jobs.preflight import parse_kill_wait, parse_partition_timing
+
+    assert parse_kill_wait(SCONTROL_CONFIG) == 30
+    assert parse_kill_wait("") is None
+    assert parse_partition_timing(SCONTROL_PARTITION) == (20, "REQUEUE")
+    assert parse_partition_timing("PartitionName=urgent GraceTime=0 PreemptMode=OFF") == (0, "OFF")
+
+
+def test_save_window_errors_name_the_users_key_and_warn_about_the_clusters():
+    from jobs.preflight import StopTiming, save_window_problems
+
+    timing = StopTiming(kill_wait_s=30, grace_time_s=20, preempt_mode="REQUEUE")
+    # a 4 s save: needs 1.5 x 4 + 10 = 16 s; every window holds it
+    assert save_window_problems(cfg(), timing, 4.0, 300 * 2**20) == ([], [])
+    # a 40 s save: 70 s; signal_delay_s=60 is the user's to change: an error
+    errors, warnings = save_window_problems(cfg(), timing, 40.0, 2**30)
+    measured = (
+        "a stop checkpoint (1024 MB) took 40.0 s to write here; with the rest of a step allow 70 s"
+    )
+    assert errors == [
+        f"invalid config value cluster.signal_delay_s=60: {measured}; "
+        "set cluster.signal_delay_s to at least 70"
+    ]
+    lost = (
+        "the stop checkpoint is lost and the run continues from its last periodic one "
+        "(trainer.checkpoint_minutes=30 bounds the loss)"
+    )
+    assert warnings == [
+        f"the default partition: GraceTime=20 s (PreemptMode=REQUEUE) is shorter than the save: "
+        f"{measured}; on a preemption {lost}. A partition with a longer GraceTime "
+        "(cluster.partition) keeps it.",
+        f"KillWait=30 s is shorter than the save: {measured}; after `scontrol requeue` by hand "
+        f"{lost}. Stop with `scancel --signal=USR2 <job>` instead: the job saves, then "
+        "requeues itself.",
+    ]
+    roomy = cfg(cluster={"signal_delay_s": 90, "partition": "gpu"})
+    never_preempted = StopTiming(kill_wait_s=120, grace_time_s=0, preempt_mode="OFF")
+    assert save_window_problems(roomy, never_preempted, 40.0, 2**30) == ([], [])
+    # a window longer than the job: both keys named
+    short = cfg(cluster={"time_min": 1, "signal_delay_s": 30}, trainer={"checkpoint_minutes": 1})
+    errors, _ = save_window_problems(short, never_preempted, 40.0, 2**30)
+    assert errors[0].endswith("at least 70 and cluster.time_min above 2")
+
+
+def test_measure_save_writes_a_real_checkpoint_and_leaves_nothing(tmp_path):
+    from jobs.preflight import measure_save
+    from vice.methods import build_method
+
+    config = cfg()
+    seconds, size = measure_save(config, tmp_path)
+    params = sum(p.numel() for p in build_method(config).parameters() if p.requires_grad)
+    assert seconds > 0 and size > 4 * params * 2  # weights and one momentum, float32
+    assert list(tmp_path.iterdir()) == []

@@ -134,3 +134,33 @@ def test_tags_name_the_current_jobs_and_every_attempt(tmp_path):
     }
     # no mlflow_run_id in the run dir (tracking.enabled=false): nothing to tag
     assert rs.tag_run(new) is None
+
+
+def test_tags_of_a_run_the_server_never_saw_wait_in_its_journal(tmp_path, caplog):
+    """With the server down, the tool's one warning line says it all (no tracker noise)."""
+    import socket
+
+    from vice.config import TrackingConfig
+    from vice.pipeline import write_config
+    from vice.tracking_journal import Journal
+
+    from ..train.test_trainer import tiny_config
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    cfg = tiny_config()
+    cfg.tracking = TrackingConfig(uri=uri, experiment="t")
+    write_config(cfg, run_dir)
+    Journal(run_dir).append({"op": "tags", "items": {"overrides": ""}})  # opened while down
+    record = {"run_dir": str(run_dir), "pretrain": {"job_id": "20"}, "eval": {"job_id": "21"}}
+    warning = rs.tag_run(record)
+    assert warning == (
+        f"{run_dir}: MLflow ({uri}) does not answer; the new job ids wait in the run's journal, "
+        f"sent when it answers (or by python tools/mlflow_sync.py {run_dir})"
+    )
+    assert caplog.records == []
+    (op,) = [op for op in Journal(run_dir).pending() if "slurm.pretrain_job_id" in op["items"]]
+    assert op["items"]["slurm.eval_job_id"] == "21"

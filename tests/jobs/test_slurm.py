@@ -37,3 +37,43 @@ def test_jobs_do_not_import_the_submitting_side():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_submitits_requeue_waits_until_training_saved(monkeypatch):
+    """submitit's handler for its signal would requeue at once (SLURM then SIGKILLs after
+    KillWait); inside the task it runs only when `requeue()` is called, after the save."""
+    import os
+    import signal
+
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
+    assert slurm.submitit_signal() == signal.SIGUSR2
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")
+    assert slurm.submitit_signal() == signal.SIGUSR1
+
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        with slurm.DeferredRequeue(signal.SIGUSR2) as deferred:
+            deferred.requeue()  # no signal yet: nothing to hand over
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGUSR2)  # a second one changes nothing
+            assert calls == [] and deferred.received is not None
+        # submitit's handler is back in place, and called once, when the task says so
+        assert signal.getsignal(signal.SIGUSR2) is deferred._submitit_handler
+        deferred.requeue()
+        assert calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_save_window_is_the_signal_lead_at_least_a_minute(tmp_path):
+    from vice.config import Config
+    from vice.hydra_schema import write_config
+
+    cfg = Config()
+    cfg.cluster.signal_delay_s = 180
+    write_config(cfg, tmp_path)
+    assert slurm.save_window_s(str(tmp_path)) == 180
+    cfg.cluster.signal_delay_s = 20
+    write_config(cfg, tmp_path)
+    assert slurm.save_window_s(str(tmp_path)) == 60

@@ -269,3 +269,67 @@ def test_rank_0_on_another_node_after_a_requeue(tmp_path):
         "job 10 started again (restart 1)",
         "resumed at step 8",
     ]
+
+
+def test_ended_status_of_a_chain():
+    def view(pre, ev="PENDING"):
+        return status.ChainView({"run_dir": "/r"}, S(pre, ""), S(ev, "") if ev else None,
+                                None, [], 0, None)  # fmt: skip
+
+    assert status.ended_status(view("RUNNING")) is None
+    assert status.ended_status(view("CANCELLED", "CANCELLED")) == "KILLED"  # scancel
+    assert status.ended_status(view("FAILED", "CANCELLED")) == "FAILED"
+    assert status.ended_status(view("TIMEOUT", None)) == "FAILED"
+    assert status.ended_status(view("COMPLETED", "RUNNING")) is None
+    assert status.ended_status(view("COMPLETED", "CANCELLED")) == "KILLED"
+    assert status.ended_status(view("COMPLETED", "OUT_OF_MEMORY")) == "FAILED"
+    assert status.ended_status(view("COMPLETED", "COMPLETED")) is None  # the eval ended it
+
+
+def test_a_cancelled_chain_ends_its_mlflow_run_killed_once(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from jobs import stages
+    from vice.hydra_schema import to_config
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_dir = tmp_path / "sweep" / "0"
+    run_dir.mkdir(parents=True)
+    record = _record(run_dir)
+    for made_up in ("config.yaml", "mlflow_run_id"):
+        (run_dir / made_up).unlink()
+    cfg = to_config({"tracking": {"uri": uri}})
+    stages.open_run(cfg, run_dir, run_name="smoke").close()
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    running = status.build_view(record, {"10": S("RUNNING", "None", "n1")})
+    assert status.settle_run(running) is None
+    cancelled = {"10": S("CANCELLED", "None"), "11": S("CANCELLED", "DependencyNeverSatisfied")}
+    view = status.build_view(record, cancelled)
+    assert status.settle_run(view) == "KILLED"
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert status.settle_run(view) is None  # once: the journal holds KILLED now
+
+
+def test_a_held_requeue_and_the_save_time_are_events(tmp_path):
+    record = _record(tmp_path, nodes=1)
+    (tmp_path / "slurm" / "10_0_log.out").write_text(
+        _out_segment(0, [4], "[vice 2026-11-22 10:01:50] SIGUSR2 received: training saves and "
+                     "exits first; the requeue follows the save\n")
+    )  # fmt: skip
+    with open(tmp_path / "stops.jsonl", "a") as f:
+        stop = {"signal": "SIGUSR2", "step": 4, "time": _epoch("2026-11-22 10:02:32"),
+                "pid": 1, "since_signal_s": 41.6, "save_s": 40.2}  # fmt: skip
+        f.write(json.dumps(stop) + "\n")
+    texts = [e.line() for e in status.chain_events(record)]
+    assert "10:01:50 SIGUSR2 on task 0 (job 10): the requeue waits for the save" in texts
+    assert (
+        "10:02:32 stopped at step 4 by SIGUSR2 (time limit near, or preemption), saved 42 s "
+        "after the signal"
+    ) in texts
+    view = status.build_view(record, {"10": S("PENDING", "BeginTime")})
+    assert "stops: 1 (last: SIGUSR2 at step 4, saved 42 s after the signal)" in status.format_view(
+        view
+    )

@@ -77,37 +77,64 @@ def test_parent_run_gets_summary_and_best_metrics(tmp_path):
     assert update_parent_summary(tmp_path / "not_a_sweep" / "0", uri) is None
 
 
-class _FakeClient:
-    """MLflow's runs by id, and what `set_terminated` was asked."""
+def _status(run_dir, status):
+    """What a point's tracker journals when its run ends (`Tracker.finish`)."""
+    from vice.tracking_journal import Journal
 
-    def __init__(self, statuses):
-        self.statuses, self.terminated = dict(statuses), []
-
-    def get_run(self, run_id):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(info=SimpleNamespace(status=self.statuses[run_id]))
-
-    def set_terminated(self, run_id, status):
-        self.terminated.append((run_id, status))
+    Journal(run_dir).append({"op": "terminate", "status": status})
 
 
 def test_parent_stays_running_until_every_point_ended_then_takes_the_worst(tmp_path):
-    from jobs.sweep_summary import close_parent_if_done
+    from jobs.sweep_summary import close_parent_if_done, point_statuses
+    from vice.config import TrackingConfig
+    from vice.tracking import open_parent_run
+    from vice.tracking_journal import Journal
 
-    _point(tmp_path, 0)
-    _point(tmp_path, 1)
-    _point(tmp_path, 2)
-    (tmp_path / "mlflow_parent_run_id").write_text("parent\n")
-    client = _FakeClient({"r0": "FINISHED", "r1": "RUNNING", "r2": "KILLED"})
-    assert close_parent_if_done(tmp_path, "uri", client) is None
-    assert client.terminated == []  # point 1 still runs
-    client.statuses["r1"] = "FINISHED"
-    assert close_parent_if_done(tmp_path, "uri", client) == "KILLED"
-    client.statuses["r2"] = "FAILED"  # e.g. after a resubmission failed again
-    assert close_parent_if_done(tmp_path, "uri", client) == "FAILED"
-    client.statuses.update(r2="FINISHED")
-    assert close_parent_if_done(tmp_path, "uri", client) == "FINISHED"
-    assert client.terminated == [("parent", "KILLED"), ("parent", "FAILED"), ("parent", "FINISHED")]
+    down = TrackingConfig(uri=f"http://127.0.0.1:{_free_port()}", experiment="s")
+    assert open_parent_run(down, tmp_path, "sweep") is None  # journaled: the server is down
+    points = [_point(tmp_path, n) for n in range(3)]
+    for point in points:
+        Journal(point).append({"op": "tags", "items": {"overrides": "x"}})  # its run opened
+    _status(points[0], "FINISHED")
+    _status(points[2], "KILLED")
+    assert point_statuses(tmp_path) == ["FINISHED", "RUNNING", "KILLED"]
+    assert close_parent_if_done(tmp_path, down.uri) is None  # point 1 still runs
+    parent = Journal(tmp_path)
+    assert parent.record()["status"] is None
+    _status(points[1], "FINISHED")
+    assert close_parent_if_done(tmp_path, down.uri) == "KILLED"
+    _status(points[2], "FAILED")  # e.g. after a resubmission failed again
+    assert close_parent_if_done(tmp_path, down.uri) == "FAILED"
+    assert close_parent_if_done(tmp_path, down.uri) == "FAILED"  # a second job says it again
+    _status(points[2], "FINISHED")
+    assert close_parent_if_done(tmp_path, down.uri) == "FINISHED"
+    ends = [op["status"] for op in parent.pending() if op["op"] == "terminate"]
+    assert ends == ["KILLED", "FAILED", "FINISHED"]  # journaled once each, in order
     # not a sweep: nothing to close
-    assert close_parent_if_done(tmp_path / "0", "uri", client) is None
+    assert close_parent_if_done(tmp_path / "0", down.uri) is None
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_sweep_launched_before_its_parent_was_journaled_gets_a_journal(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from vice.run_dir import SweepDir
+    from vice.tracking import sweep_config
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("old"), run_name="sweep").info.run_id
+    sweep = tmp_path / "sweep"
+    point = _point(sweep, 0, 0.3)
+    SweepDir(sweep).parent_run_id.write_text(parent + "\n")  # all an older launcher wrote
+    assert update_parent_summary(point, uri)["best"] == 0
+    assert client.get_run(parent).data.tags["best.run_id"] == "r0"
+    assert sweep_config(sweep).uri == uri  # the sync tool finds and checks it from now on

@@ -236,3 +236,31 @@ def test_loss_equals_the_published_per_region_loop_in_float64(pooling, with_queu
     torch.testing.assert_close(fast_gy, loop_gy, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fast_gc, loop_gc, rtol=1e-10, atol=1e-12)
     assert fast_gy.abs().max() > 0 and fast_gc.abs().max() > 0
+
+
+def test_the_queue_joining_is_a_tag_at_its_step_not_a_flat_metric():
+    from vice.data.collate import collate_vice
+    from vice.data.datasets import build_source
+    from vice.data.pretrain import ViceDataset
+
+    cfg = tiny_config()
+    cfg.method.queue_length, cfg.method.queue_start = 64, 2
+    torch.manual_seed(0)
+    ds = ViceDataset(build_source(cfg.data), cfg.data)
+    batch = collate_vice([ds[(0, i)] for i in range(2)])
+    method = ViceMethod(cfg)
+    tags = []
+    for step in range(4):
+        _, terms = method(batch, step)
+        tags.append(method.run_tags())
+    assert "queue_used" not in terms
+    assert tags == [{}, {}, {"queue_used_from_step": "2"}, {"queue_used_from_step": "2"}]
+    resumed = ViceMethod(cfg)  # a job resumed at step 4 with its queue: the tag stands as set
+    resumed.load_rank_state(method.rank_state())
+    resumed(batch, 4)
+    assert resumed.run_tags() == {}
+    cfg.method.queue_start = 0  # the queue is empty at step 0: it joins at step 1
+    fresh = ViceMethod(cfg)
+    fresh(batch, 0)
+    fresh(batch, 1)
+    assert fresh.run_tags() == {"queue_used_from_step": "1"}

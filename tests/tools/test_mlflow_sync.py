@@ -141,3 +141,91 @@ def test_sync_with_the_server_down_says_so_in_one_line(tmp_path):
     assert out.returncode == 3, out.stdout + out.stderr
     assert out.stderr.startswith(f"error: MLflow at http://127.0.0.1:{port} does not answer (")
     assert len(out.stderr.splitlines()) == 1 and out.stdout == "", out.stderr
+
+
+def _sweep_point(sweep: Path, num: int, uri: str) -> Path:
+    """A sweep point as the launcher leaves it: config, its run opened, its job record."""
+    import json
+
+    from jobs.stages import open_run
+
+    run_dir = sweep / str(num)
+    run_dir.mkdir(parents=True)
+    cfg = tiny_config()
+    cfg.tracking = TrackingConfig(uri=uri, experiment="sweep")
+    overrides = [f"optim.lr=0.{num + 1}"]
+    tracker = open_run(cfg, run_dir, f"lr=0.{num + 1}", None, overrides, on_slurm=True)
+    record = {"run_dir": str(run_dir), "job_num": num, "overrides": overrides[0]}
+    RunDir(run_dir).jobs.write_text(json.dumps(record))
+    for step in (1, 2):  # its training
+        tracker.log_metrics({"loss": 1.0 / step + num}, step)
+    RunDir(run_dir).eval_dir.mkdir()  # its evaluation
+    metrics = {"num_classes": 8, "clustering.8.miou": 0.2 + num / 10}
+    RunDir(run_dir).metrics.write_text(json.dumps(metrics))
+    tracker.finish("FINISHED")
+    return run_dir
+
+
+@pytest.mark.slow
+def test_sweep_launched_while_the_server_is_down_syncs_to_one_parent(tmp_path):
+    """A whole sweep while the server is down (launch, training, eval, summary, the parent's
+    end), then the sync tool: one parent run, its points nested under it, nothing lost."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from jobs.sweep_summary import close_parent_if_done, update_parent_summary
+    from vice.tracking import PARENT_RUN_TAG, SweepTracker, open_parent_run
+
+    port, state = _free_port(), tmp_path / "server"
+    server = ("--state-dir", str(state), "--port", str(port))
+    uri = f"http://127.0.0.1:{port}"
+    sweep = tmp_path / "multirun" / "10-00-00"
+    started = time.monotonic()
+    assert open_parent_run(TrackingConfig(uri=uri, experiment="sweep"), sweep, "sweep s") is None
+    points = [_sweep_point(sweep, num, uri) for num in range(2)]
+    assert time.monotonic() - started < 60  # no minutes-long wait on the server
+    for point in points:
+        update_parent_summary(point, uri)
+    assert close_parent_if_done(sweep, uri) == "FINISHED"
+    assert SweepTracker.read_id(sweep) is None  # all of it waits in the journals
+
+    try:
+        assert _tool("mlflow_server.py", "start", *server).returncode == 0
+        synced = _tool("mlflow_sync.py", str(tmp_path / "multirun"))
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        lines = synced.stdout.splitlines()
+        assert lines[0].startswith(f"ok   {sweep} (the sweep's parent run): all 2 logged")
+        assert lines[-1] == "3/3 runs complete in MLflow"
+        again = _tool("mlflow_sync.py", str(sweep), "--check-only")
+        assert again.returncode == 0, again.stdout
+
+        parent = SweepTracker.read_id(sweep)
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("sweep").experiment_id
+        runs = {r.info.run_name: r for r in client.search_runs([experiment])}
+        assert sorted(runs) == ["lr=0.1", "lr=0.2", "sweep s"]  # one parent, not one per point
+        assert runs["sweep s"].info.run_id == parent
+        assert runs["sweep s"].info.status == "FINISHED"
+        assert runs["sweep s"].data.metrics["best.clustering.8.miou"] == pytest.approx(0.3)
+        assert runs["sweep s"].data.tags["sweep.evaluated"] == "2"
+        assert runs["sweep s"].data.tags["best.overrides"] == "optim.lr=0.2"
+        assert {a.path for a in client.list_artifacts(parent)} == {
+            "sweep_summary.md", "sweep_summary.csv"
+        }  # fmt: skip
+        for name in ("lr=0.1", "lr=0.2"):
+            assert runs[name].data.tags[PARENT_RUN_TAG] == parent
+            assert runs[name].info.status == "FINISHED"
+    finally:
+        _tool("mlflow_server.py", "stop", *server)
+
+
+def test_sync_of_a_sweep_with_the_server_down_says_so_in_one_line(tmp_path):
+    from vice.tracking import open_parent_run
+
+    uri = f"http://127.0.0.1:{_free_port()}"
+    assert open_parent_run(TrackingConfig(uri=uri, experiment="s"), tmp_path, "sweep") is None
+    out = _tool("mlflow_sync.py", str(tmp_path), timeout=120)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.stderr.startswith(f"error: MLflow at {uri} does not answer (")
+    assert len(out.stderr.splitlines()) == 1 and out.stdout == "", out.stderr

@@ -17,6 +17,7 @@ from vice.config import (
 )
 from vice.methods import ViceConfig
 from vice.run_dir import RunDir
+from vice.tracking import Tracker
 from vice.train.checkpoint import CheckpointManager
 from vice.train.trainer import CHECKPOINT_FORMAT, train
 
@@ -80,3 +81,26 @@ def test_resume_across_an_epoch_boundary_with_workers(tmp_path):
     train(cfg, tmp_path / "b")
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Recorder(Tracker):
+    def __init__(self):
+        self.metrics, self.tags = {}, []
+
+    def log_metrics(self, metrics, step):
+        self.metrics[step] = metrics
+
+    def set_tags(self, tags):
+        self.tags.append(tags)
+
+
+@pytest.mark.slow
+def test_logged_metrics_carry_information(tmp_path):
+    """No flat bookkeeping lines: `epoch` is logged where it steps, the queue's start is a tag."""
+    tracker = _Recorder()
+    train(tiny_config(steps=20), tmp_path, tracker=tracker)  # 16 steps per epoch, log every 2
+    assert sorted(tracker.metrics) == list(range(2, 21, 2))
+    assert {s: m["epoch"] for s, m in tracker.metrics.items() if "epoch" in m} == {18: 1.0}
+    assert not any("queue_used" in m for m in tracker.metrics.values())
+    queue = [tags for tags in tracker.tags if "queue_used_from_step" in tags]
+    assert queue == [{"queue_used_from_step": "2"}]  # method.queue_start=2, set once

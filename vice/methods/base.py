@@ -9,6 +9,7 @@ interface, in this order per step:
     method.before_optimizer_step(step)         # e.g. drop gradients of frozen parameters
     clip, optimizer.step()
     method.after_optimizer_step(step)          # e.g. re-normalise prototypes, EMA teacher
+    method.run_tags()                          # at log lines, rank 0: e.g. when a queue joined
 
 State is split in two, so that nothing is pickled per rank that all ranks share:
 - replicated: `state_dict()` (parameters and buffers, equal on every rank, saved once by
@@ -95,6 +96,12 @@ class Method(nn.Module):
         """Optimizer groups over the trained parameters, with weight-decay / LARS exclusions
         (`vice.train.optim.param_groups`' format). Default: biases and norms excluded."""
         return param_groups(self, weight_decay)
+
+    def run_tags(self) -> dict[str, str]:
+        """What the method learned about this run while training, as MLflow tags (e.g. the
+        step ViCE's queue joined): the loop sets those that changed at each log line. A fact
+        that holds from some step on is a tag, not a metric that would stay flat."""
+        return {}
 
     def rank_state(self) -> dict[str, Any]:
         """This rank's own state (tensors and numbers only)."""

@@ -186,6 +186,8 @@ class ViceMethod(Method):
         per_rank = self.cfg.queue_length // max(1, world_size)
         # Not a buffer: every rank keeps its own regions (DDP broadcasts buffers from rank 0).
         self.queue = EmbeddingQueue(per_rank, cfg.model.embed_dim) if per_rank > 0 else None
+        self.queue_from: int | None = None  # the step the queue joined Sinkhorn (`run_tags`)
+        self._ran_without_queue = False  # this process ran a step before the queue joined
 
     @classmethod
     def region_views(cls, cfg: Config) -> tuple[int, int] | None:
@@ -206,6 +208,11 @@ class ViceMethod(Method):
 
     def export(self) -> nn.Module:
         return self.network
+
+    def run_tags(self) -> dict[str, str]:
+        if self.queue_from is None:
+            return {}
+        return {"queue_used_from_step": str(self.queue_from)}
 
     def prototypes_frozen(self, step: int) -> bool:
         return step < self.cfg.freeze_prototypes_iters
@@ -237,6 +244,12 @@ class ViceMethod(Method):
         if queue is not None and queue.device != z_VBDSS.device:
             queue.to(z_VBDSS.device)
         use_queue = bool(queue is not None and step >= cfg.queue_start and len(queue))
+        # Said once, where it happens: a process resumed after the queue joined leaves the tag
+        # of the one that saw it (a resume exactly at queue_start sees it too).
+        joins = self._ran_without_queue or step == cfg.queue_start
+        if use_queue and self.queue_from is None and joins:
+            self.queue_from = step
+        self._ran_without_queue |= not use_queue
         n_regions = int(batch.num_regions.sum())
         extra = self.region_inputs(batch)
         counts = [float(present_regions(ids, batch.num_regions).sum()) for _, ids, _ in extra]
@@ -261,7 +274,6 @@ class ViceMethod(Method):
             "loss_swav": float(swav.detach()) / world,
             "loss_coherence": float(coherence.detach()) / world,
             "regions_per_image": n_regions / n_images / world,
-            "queue_used": float(use_queue) / world,
         }
         # D3SSL: each switch's inputs predict the center view's targets; per input a global
         # mean over its regions present, times the world size (DDP averages gradients), and

@@ -42,6 +42,11 @@ class StopEvent:
     step: int
     time: float  # when the checkpoint was saved
     pid: int
+    # From the signal's arrival to the saved checkpoint: the rest of the step plus the save;
+    # what a save window (SLURM's GraceTime, cluster.signal_delay_s) must hold. None: older
+    # records, or a stop whose signal reached another rank only.
+    since_signal_s: float | None = None
+    save_s: float | None = None  # the stop checkpoint's write alone
 
 
 class StopSignals:

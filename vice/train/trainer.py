@@ -2,7 +2,8 @@
 
 Order of one step: learning rate -> `method(batch, step)` (forward + loss) -> backward ->
 `method.before_optimizer_step` -> clip -> optimizer step -> `method.after_optimizer_step` ->
-mark samples consumed -> log whatever terms the method returned (every `log_every`) ->
+mark samples consumed -> log whatever terms the method returned, and its `run_tags` that
+changed (every `log_every`) ->
 agree across ranks on stopping -> checkpoint (every `checkpoint_every` steps, every
 `checkpoint_minutes`, on a stop and at the end). On start the newest complete checkpoint of
 the run directory is restored, so a restarted job continues exactly where it left off.
@@ -83,12 +84,24 @@ def _format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def _record_stop(run_dir: Path, tracker: Tracker, signal_name: str, step: int) -> None:
+def _record_stop(
+    run_dir: Path,
+    tracker: Tracker,
+    signal_name: str,
+    step: int,
+    signal_time: float | None,
+    save_s: float,
+) -> None:
     now = time.time()
-    record_stop(run_dir, StopEvent(signal_name, step, now, os.getpid()))
+    since = round(now - signal_time, 3) if signal_time is not None else None
+    event = StopEvent(signal_name, step, now, os.getpid(), since, round(save_s, 3))
+    record_stop(run_dir, event)
     count = len(read_stops(run_dir))
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
-    tracker.set_tags({f"stop.{count}": f"{signal_name} at step {step}, {when}", "stops": count})
+    window = f", saved {since:.1f} s after the signal" if since is not None else ""
+    tracker.set_tags(
+        {f"stop.{count}": f"{signal_name} at step {step}, {when}{window}", "stops": count}
+    )
 
 
 class Progress:
@@ -307,6 +320,9 @@ class StepLogger:
     tracker: Tracker
     progress: Progress
     system: SystemMetrics | None  # this node's sampler (local rank 0 only)
+    method: Method | None = None  # its `run_tags` are set when they change
+    epoch: int = 0  # the epoch last logged (or resumed in): `epoch` is logged when it changes
+    tags: dict[str, str] = field(default_factory=dict)  # the method's tags set so far
 
     def log(self, state: TrainState, window: Window, lr: float) -> float:
         """All-reduces the window's terms, prints one line and logs the metrics; returns
@@ -326,8 +342,10 @@ class StepLogger:
             data_wait_share=window.data / window.elapsed,
             memory_mb=peak_memory_mb(rt.device),
             skipped_images=float(packed[-1]),
-            epoch=float(state.epoch),
         )
+        if state.epoch != self.epoch:  # a step function: one point where it steps, not a line
+            metrics["epoch"] = float(state.epoch)
+            self.epoch = state.epoch
         # The method's terms as it names them: `loss` first, its `loss_<part>` terms after.
         parts = ", ".join(
             f"{k[len('loss_') :]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss_")
@@ -344,6 +362,11 @@ class StepLogger:
                 metrics.update(node)
         if rt.info.is_main:
             self.tracker.log_metrics(metrics, state.step)
+            tags = self.method.run_tags() if self.method is not None else {}
+            tags = {k: v for k, v in tags.items() if self.tags.get(k) != v}
+            if tags:
+                self.tracker.set_tags(tags)
+                self.tags.update(tags)
         state.terms_sum, state.window_steps = {}, 0
         return rate
 
@@ -409,9 +432,10 @@ def train(
     system = None
     if cfg.tracking.enabled and cfg.tracking.system_metrics and info.local_rank == 0:
         system = SystemMetrics(node_id=f"node{info.rank // rt.procs_per_node}")
-    logger = StepLogger(rt, cfg, total_steps, tracker, progress, system)
+    logger = StepLogger(rt, cfg, total_steps, tracker, progress, system, method, state.epoch)
     window = Window()
     last_save = started = time.monotonic()
+    save_s = 0.0  # the last checkpoint write
     rates: list[float] = []
     step_delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
     stop_signal: str | None = None
@@ -458,8 +482,10 @@ def train(
             time_due, stop = (dist.all_reduce_max(flags.to(device)).cpu() > 0).tolist()
             at_end = state.step >= total_steps
             if state.step % cfg.trainer.checkpoint_every == 0 or time_due or stop or at_end:
+                save_started = time.monotonic()
                 save_checkpoint(parts, state, rt, name)
                 last_save = time.monotonic()
+                save_s = last_save - save_started
             if stop and not at_end:
                 stop_signal = (
                     reason if isinstance(reason, str) else "peer" if not reason else "stop"
@@ -481,7 +507,10 @@ def train(
     }
     if stop_signal is not None:
         if info.is_main:
-            _record_stop(rd.path, tracker, stop_signal, state.step)
+            # StopSignals keeps when its signal came (another should_stop may not)
+            request = getattr(should_stop, "request", None)
+            signal_time = getattr(request, "time", None)
+            _record_stop(rd.path, tracker, stop_signal, state.step, signal_time, save_s)
         progress.line(
             f"stopping at step {state.step} ({stop_signal}): checkpoint saved, a restart "
             "continues here"
