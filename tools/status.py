@@ -9,8 +9,9 @@
 Per chain: the pretrain and eval jobs' states (a requeued job waiting on SLURM's requeue
 delay is said so), step/total, images/s and ETA from rank 0's log, restarts and stops with
 their causes, past attempts (tools/resubmit.py), the MLflow run id, the log holding rank 0's
-progress, and for a failed job its true last cause and the fix. Reads only; the logic is in
-jobs/status.py.
+progress, and for a failed job its true last cause and the fix. It reads, with one exception:
+the MLflow run of a chain whose jobs ended without ending it (`scancel`, SLURM killed them) is
+ended KILLED or FAILED, through the run's journal. The logic is in jobs/status.py.
 """
 
 from __future__ import annotations
