@@ -255,9 +255,14 @@ def open_parent_run(
     if not cfg.enabled:
         return None
     sweep = SweepDir(sweep_dir)
-    if not sweep.tracking_config.is_file():  # the first batch names the run
+    first = not sweep.tracking_config.is_file()
+    if first:  # the first batch names the run
         _write_sweep_config(sweep, cfg, run_name)
-    return SweepTracker(sweep_config(sweep.path) or cfg, sweep.path, background=False).run_id
+    tracker = SweepTracker(sweep_config(sweep.path) or cfg, sweep.path, background=False)
+    if first:  # MLflow's Source, User and Version columns, as its points have them
+        tracker.set_tags({**default_tags(), **source_tags("jobs/launch.py", "JOB")})
+        tracker.flush()
+    return tracker.run_id
 
 
 def _write_sweep_config(sweep: SweepDir, cfg: TrackingConfig, run_name: str | None) -> None:
