@@ -70,6 +70,9 @@ def test_parent_run_gets_summary_and_best_metrics(tmp_path):
     run = client.get_run(parent)
     assert run.data.metrics["best.clustering.8.miou"] == 0.5
     assert run.data.tags["best.run_id"] == "r1" and run.data.tags["sweep.evaluated"] == "2"
+    # MLflow's own columns fill for the parent as for its points
+    assert run.data.tags["mlflow.source.name"] == "jobs/launch.py"
+    assert run.data.tags["mlflow.source.type"] == "JOB" and run.data.tags["mlflow.user"]
     assert {a.path for a in client.list_artifacts(parent)} == {
         "sweep_summary.md",
         "sweep_summary.csv",
