@@ -47,7 +47,9 @@ class JobState:
             out += f" on {self.nodes}"
         if self.state in ENDED and self.exit_code and self.elapsed not in ("", "00:00:00"):
             out += f" (exit {self.exit_code}, {self.elapsed})"
-        if self.reason and self.reason not in ("None", "(null)"):
+        # sacct keeps the last pending reason of a job that then ran ("Dependency"): noise
+        stale = self.state == "COMPLETED"
+        if self.reason and self.reason not in ("None", "(null)") and not stale:
             out += f" [{self.reason}]"
         return out
 

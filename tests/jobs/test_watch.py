@@ -326,3 +326,10 @@ def test_cause_of_an_earlier_segment_is_not_reported(tmp_path):
         "FileNotFoundError: [Errno 2] No such file or directory: "
         "'/data/coco/train2017/000000000009.jpg'"
     )
+
+
+def test_a_completed_job_does_not_show_its_stale_pending_reason():
+    done = watch.JobState("COMPLETED", "Dependency", "", "0:0", "00:01:37")
+    assert done.text() == "COMPLETED (exit 0:0, 00:01:37)"
+    failed = watch.JobState("FAILED", "NonZeroExitCode", "", "1:0", "00:06:00")
+    assert failed.text() == "FAILED (exit 1:0, 00:06:00) [NonZeroExitCode]"
