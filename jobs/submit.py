@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.preflight import Partition
-from jobs.slurm import EvalTask, PretrainTask
+from jobs.slurm import EvalTask, PretrainTask, submitit_signal
 from vice.config import Config
 from vice.run_dir import RunDir
 
@@ -169,15 +169,62 @@ def make_executor(run_dir: str | Path, params: dict[str, Any], max_requeues: int
     return executor
 
 
-def render_script(run_dir: str | Path, params: dict[str, Any]) -> str:
-    """The sbatch script `make_executor(run_dir, params, ...)` submits (no srun needed)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+# SlurmExecutor parameters that are not #SBATCH options, and the defaults submitit 1.5 writes
+# when a parameter is not given (submitit/slurm/slurm.py, _make_sbatch_string).
+_NOT_OPTIONS = ("setup", "signal_delay_s", "additional_parameters", "array_parallelism")
+_SUBMITIT_DEFAULTS = {"job_name": "submitit", "time": 5, "nodes": 1, "wckey": "submitit"}
+# Parameters sbatch_parameters never sets, so sbatch_options does not render them.
+_NOT_RENDERED = ("teardown", "srun_args", "use_srun", "stderr_to_stdout", "map_count")
 
-    folder = RunDir(run_dir).slurm
-    # SlurmExecutor's own command line for running a pickled task
-    python, where = shlex.quote(sys.executable), shlex.quote(str(folder))
-    command = f"{python} -u -m submitit.core._submit {where}"
-    return _make_sbatch_string(command=command, folder=folder, **params)
+
+def sbatch_options(folder: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The #SBATCH options (name as submitit spells it: value; True: a bare flag) of a job
+    that SlurmExecutor(folder).update_parameters(**params) submits.
+
+    Written here rather than taken from submitit's private `_make_sbatch_string`, which an
+    upgrade may change; tests/jobs/test_submit.py compares the two."""
+    unrendered = sorted(set(params) & set(_NOT_RENDERED))
+    if unrendered:
+        raise ValueError(f"sbatch parameters the dry run cannot render: {unrendered}")
+    options: dict[str, Any] = {**_SUBMITIT_DEFAULTS}
+    options.update({k: v for k, v in params.items() if k not in _NOT_OPTIONS and v is not None})
+    # The signal submitit asks for before the time limit, and requeues on.
+    signal_name = submitit_signal().name.removeprefix("SIG")
+    options["signal"] = f"{signal_name}@{params.get('signal_delay_s', 90)}"
+    # Task 0's log pair; srun gives every task its own (%t).
+    stdout, stderr = job_log_patterns(folder)
+    options["output"] = stdout.replace("%t", "0")
+    options["error"] = stderr.replace("%t", "0")
+    options["open-mode"] = "append"  # a requeued job logs on in the same files
+    options.update(params.get("additional_parameters") or {})
+    return options
+
+
+def job_log_patterns(folder: Path) -> tuple[str, str]:
+    """stdout and stderr of a submitit task (%j: job id, %t: task), as submitit names them."""
+    folder = Path(folder).expanduser().absolute()
+    return str(folder / "%j_%t_log.out"), str(folder / "%j_%t_log.err")
+
+
+def render_script(run_dir: str | Path, params: dict[str, Any]) -> str:
+    """The sbatch script `make_executor(run_dir, params, ...)` submits, as submitit 1.5 writes
+    it: the options sorted by name, the setup lines, then srun running the pickled task."""
+    folder = Path(RunDir(run_dir).slurm).expanduser().absolute()
+    options = sbatch_options(folder, params)
+    lines = ["#!/bin/bash", "", "# Parameters"]
+    for name in sorted(options):
+        value = options[name]
+        text = "" if value is True else f"={shlex.quote(str(value))}"
+        lines.append(f"#SBATCH --{name.replace('_', '-')}{text}")
+    setup = params.get("setup")
+    if setup is not None:
+        lines += ["", "# setup", *setup]
+    stdout, stderr = job_log_patterns(folder)
+    srun = shlex.join(["srun", "--unbuffered", "--output", stdout, "--error", stderr])
+    # SlurmExecutor's own command for running the pickled task of the job
+    task = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    lines += ["", "# command", "export SUBMITIT_EXECUTOR=slurm", f"{srun} {task}", ""]
+    return "\n".join(lines)
 
 
 def log_paths(run_dir: str | Path, job_id: str, tasks: int) -> list[dict[str, str]]:

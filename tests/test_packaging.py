@@ -30,7 +30,6 @@ def test_required_pins():
     for name in (
         "submitit",
         "hydra-core",
-        "hydra-submitit-launcher",
         "fast-slic",
         "numpy",
         "pillow",

@@ -1,6 +1,9 @@
 """Submitting a SLURM job chain without a cluster: sbatch options, paths, job records."""
 
 import json
+import os
+
+import pytest
 
 from jobs import submit
 from jobs.preflight import parse_sinfo
@@ -77,6 +80,54 @@ def test_sbatch_options_gpu_cluster(tmp_path):
     assert res.cpus_per_task == 24 and res.eval_cpus == 3  # 8 x (1 + 2 loader workers)
     _, pre, _ = _scripts(tmp_path, GPU_SINFO, trainer={"device": "cpu"})
     assert not any("gpus" in line for line in _lines(pre))
+
+
+def _submitit_script(run_dir, params):
+    """The script submitit's own SlurmExecutor writes for `params` (through its private
+    methods: the comparison is skipped, not failed, if an upgrade removes them; then check
+    submit.render_script against the new submitit by hand)."""
+    import submitit
+
+    names = ("_make_submission_file_text", "_submitit_command_str")
+    if not all(hasattr(submitit.SlurmExecutor, name) for name in names):
+        pytest.skip("submitit's SlurmExecutor no longer renders scripts the way this test reads")
+    executor = submit.make_executor(run_dir, params, max_requeues=1)
+    return executor._make_submission_file_text(executor._submitit_command_str, "0")
+
+
+@pytest.mark.parametrize(
+    ("sinfo", "sections"),
+    [
+        (CPU_SINFO, {"trainer": {"nodes": 2, "gpus_per_node": 2},
+                     "cluster": {"time_min": 90, "mem_gb": 16, "account": "proj", "qos": "high",
+                                 "constraint": "avx2", "signal_delay_s": 120,
+                                 "additional": {"mail-type": "END", "exclusive": True}}}),
+        (GPU_SINFO, {"trainer": {"nodes": 2, "gpus_per_node": 8}, "cluster": {"mem_gb": 7.5}}),
+    ],
+)  # fmt: skip
+def test_dry_run_script_is_the_one_submitit_writes(tmp_path, monkeypatch, sinfo, sections):
+    """The dry run renders the scripts itself (submitit's renderer is private); for the same
+    parameters they must be what submitit submits, byte for byte: same #SBATCH options and
+    values, setup lines, srun line and task command."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # SlurmExecutor wants an srun
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cfg = to_config(sections)
+    res = submit.plan_resources(cfg, next(iter(parse_sinfo(sinfo).values())))
+    run_dir, snap = tmp_path / "sweep" / "0", tmp_path / "sweep" / "code"
+    for stage, dependency in (("pretrain", None), ("eval", "afterok:123")):
+        params = submit.sbatch_parameters(cfg, res, run_dir, snap, stage, dependency)
+        ours, theirs = submit.render_script(run_dir, params), _submitit_script(run_dir, params)
+        assert _lines(ours) == _lines(theirs)
+        assert ours == theirs
+
+
+def test_render_script_refuses_what_it_cannot_render(tmp_path):
+    with pytest.raises(ValueError) as err:
+        submit.render_script(tmp_path, {"teardown": ["echo done"], "nodes": 1})
+    assert str(err.value) == "sbatch parameters the dry run cannot render: ['teardown']"
 
 
 def test_absolute_paths(tmp_path):

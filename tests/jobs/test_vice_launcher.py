@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs.hydra_plugins.vice_launcher.vice_launcher import LAUNCHER_TARGET, NO_SBATCH
+from jobs.hydra_plugins.vice_launcher.config import check_launcher_options
+from jobs.hydra_plugins.vice_launcher.vice_launcher import (
+    LAUNCHER_TARGET,
+    NO_SBATCH,
+    ViceSlurmLauncher,
+)
 from vice.hydra_schema import to_config
 
 from .test_submit import CPU_SINFO
@@ -16,16 +21,76 @@ from .test_submit import CPU_SINFO
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_config_selects_the_launcher():
+def _compose_hydra(overrides=()):
     from hydra import compose, initialize_config_dir
 
     from vice.hydra_schema import register
 
-    register()
+    register()  # the launcher's schema was registered by importing its config module above
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", return_hydra_config=True)
-    assert cfg.hydra.launcher._target_ == LAUNCHER_TARGET
-    assert cfg.hydra.launcher.poll_s == 5
+        return compose("config", list(overrides), return_hydra_config=True)
+
+
+def test_config_selects_the_launcher():
+    from hydra.errors import ConfigCompositionException
+    from hydra.plugins.launcher import Launcher
+
+    launcher = _compose_hydra().hydra.launcher
+    assert launcher == {"_target_": LAUNCHER_TARGET, "poll_s": 5.0}
+    assert isinstance(launcher.poll_s, float)  # typed by config.py's ViceSlurmConf
+    with pytest.raises(ConfigCompositionException, match=r"override hydra\.launcher\.poll_s=soon"):
+        _compose_hydra(["hydra.launcher.poll_s=soon"])
+    # Another plugin's option composes (no `+` needed), so that the launcher's own check can
+    # name the key to set instead of Hydra's "To append to your config use +...".
+    assert _compose_hydra(["hydra.launcher.mem_gb=4"]).hydra.launcher.mem_gb == 4
+    # A plain Hydra launcher: no hydra-submitit-launcher options that silently do nothing.
+    assert ViceSlurmLauncher.__bases__ == (Launcher,)
+
+
+def test_config_composes_without_the_plugin():
+    """Where jobs/ is not on sys.path (tools, other tests), the launcher's schema is not
+    registered: the config still composes, from conf/hydra/launcher/vice_slurm.yaml alone."""
+    code = (
+        "from hydra import compose, initialize_config_dir\n"
+        "from hydra.core.config_store import ConfigStore\n"
+        "from vice.hydra_schema import register\n"
+        "register()\n"
+        f"with initialize_config_dir({str(ROOT / 'conf')!r}, version_base='1.3'):\n"
+        "    cfg = compose('config', return_hydra_config=True)\n"
+        "launchers = ConfigStore.instance().repo['hydra'].get('launcher', {})\n"
+        "print(dict(cfg.hydra.launcher), 'schema' in launchers)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{{'_target_': '{LAUNCHER_TARGET}', 'poll_s': 5}} False"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("hydra.launcher.mem_gb=4", "hydra.launcher.mem_gb=4: not read by the vice_slurm "
+         "launcher; set cluster.mem_gb instead"),
+        ("hydra.launcher.partition=gpu", "hydra.launcher.partition='gpu': not read by the "
+         "vice_slurm launcher; set cluster.partition instead"),
+        ("hydra.launcher.timeout_min=30", "hydra.launcher.timeout_min=30: not read by the "
+         "vice_slurm launcher; set cluster.time_min (and cluster.eval_time_min) instead"),
+        ("+hydra.launcher.additional_parameters={mail-type:END}",
+         "hydra.launcher.additional_parameters={'mail-type': 'END'}: not read by the "
+         "vice_slurm launcher; set cluster.additional instead"),
+        ("hydra.launcher.mem_per_cpu=4G", "hydra.launcher.mem_per_cpu='4G': not read by the "
+         "vice_slurm launcher; set +cluster.additional.mem-per-cpu instead"),
+        ("hydra.launcher.pol_s=2", "hydra.launcher.pol_s=2: not read by the vice_slurm "
+         "launcher; its only option is poll_s"),
+    ],
+)  # fmt: skip
+def test_other_launchers_options_name_the_key_to_set(override, message):
+    launcher = _compose_hydra([override]).hydra.launcher
+    with pytest.raises(ValueError) as err:
+        check_launcher_options(launcher)
+    assert str(err.value) == "invalid config value " + message
+    check_launcher_options(_compose_hydra(["hydra.launcher.poll_s=1"]).hydra.launcher)
 
 
 def _launch(tmp_path, *args, env=None):
@@ -120,6 +185,49 @@ def test_dry_run_of_a_sweep_through_hydra(tmp_path, fake_cluster):
     tested = (tmp_path / "sbatch.tested").read_text().split()
     assert len(tested) == 4 and all("vice-sbatch-test-" in t for t in tested)
     assert not any(Path(t).exists() for t in tested)
+
+
+@pytest.mark.parametrize("override", ["hydra.launcher.mem_gb=4", "+hydra.launcher.mem_gb=4"])
+def test_other_launchers_option_is_refused_before_anything_is_written(
+    tmp_path, fake_cluster, override
+):
+    proc = _launch(
+        tmp_path, "-m", "experiment=smoke", override, f"hydra.sweep.dir={tmp_path}/sweep",
+        env=fake_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # a config error
+    assert proc.stderr.splitlines() == [
+        "config error: invalid config value hydra.launcher.mem_gb=4: not read by the "
+        "vice_slurm launcher; set cluster.mem_gb instead"
+    ]
+    assert not (tmp_path / "sweep").exists()
+    assert not (tmp_path / "sbatch.called").exists() and not (tmp_path / "sbatch.tested").exists()
+
+
+def _tree(root):
+    """Every file under root with its bytes and mtime, and every directory."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_dry_run_leaves_an_earlier_sweep_unchanged(tmp_path, fake_cluster):
+    """A dry run into the sweep dir of an earlier sweep: Hydra's sweeper overwrites its
+    multirun.yaml; the launcher puts it back as it was."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}  # the earlier sweep's\n")
+    (sweep / "0" / "config.yaml").write_text("optim: {lr: 0.1}\n")
+    before = _tree(sweep)
+    proc = _launch(
+        tmp_path, "-m", "experiment=smoke", "optim.lr=0.1,0.3", "launch.dry_run=true",
+        f"hydra.sweep.dir={sweep}", env=fake_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.rstrip().endswith("dry run: nothing was submitted, nothing was written")
+    assert _tree(sweep) == before
+    assert not (tmp_path / "sbatch.called").exists()
 
 
 def test_preflight_error_through_hydra_submits_nothing(tmp_path, fake_cluster):

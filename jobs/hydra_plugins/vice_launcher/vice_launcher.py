@@ -1,11 +1,13 @@
 """`python jobs/launch.py -m ...`: every sweep point becomes a pretrain -> eval job chain.
 
-Built on hydra-submitit-launcher's SlurmLauncher, with what it lacks (cluster.md): `launch()`
-returns once the jobs are queued (`launch.wait=true` blocks and streams state changes),
-evaluation is chained to pretraining with a SLURM dependency, jobs run a code snapshot, and
-nothing is submitted unless every point passes its checks. Submission lives in
-`jobs/submit.py` and the jobs in `jobs/slurm.py`; this module only turns Hydra's sweep into
-calls to them.
+A plain Hydra launcher, not a subclass of hydra-submitit-launcher's SlurmLauncher: it
+replaces all of `launch()`, so none of that plugin's `hydra.launcher.*` options would apply;
+config.py refuses them, naming the job config key to set instead. What it does that the
+plugin does not (cluster.md): `launch()` returns once the jobs are queued (`launch.wait=true`
+blocks and streams state changes), evaluation is chained to pretraining with a SLURM
+dependency, jobs run a code snapshot, and nothing is submitted unless every point passes its
+checks. Submission lives in `jobs/submit.py` and the jobs in `jobs/slurm.py`; this module
+only turns Hydra's sweep into calls to them.
 
 Hydra imports every plugin module on each start, local runs included: imports here are cheap
 and everything else is imported inside the methods.
@@ -14,6 +16,7 @@ and everything else is imported inside the methods.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 import sys
@@ -24,10 +27,12 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, filter_overrides
 from hydra.experimental.callback import Callback
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-LAUNCHER_TARGET = "hydra_plugins.vice_launcher.vice_launcher.ViceSlurmLauncher"
+# Relative: tests import this module as jobs.hydra_plugins.vice_launcher.vice_launcher.
+from .config import LAUNCHER_TARGET, check_launcher_options
 
 NO_SBATCH = """\
 `python jobs/launch.py -m ...` submits SLURM jobs, but `sbatch` is not on the PATH.
@@ -41,14 +46,37 @@ SINFO_HINT = "is the cluster up? (python3 tools/slurm_cluster.py status)"
 # The nearest directory above hydra.sweep.dir that existed before Hydra's sweeper created the
 # sweep dir and wrote multirun.yaml into it (set by SubmitChecks, before the sweeper runs).
 _SWEEP_ROOT: list[Path] = []
+# The multirun.yaml of an earlier sweep in the same hydra.sweep.dir, which the sweeper
+# overwrites: its bytes and (atime, mtime) in ns. Empty when there was none.
+_OLD_MULTIRUN: list[tuple[bytes, tuple[int, int]]] = []
+
+
+def _remember_sweep_dir(sweep_dir: Path) -> None:
+    existing = sweep_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    _SWEEP_ROOT[:] = [existing]
+    old = sweep_dir / "multirun.yaml"
+    if old.is_file():
+        stat = old.stat()
+        _OLD_MULTIRUN[:] = [(old.read_bytes(), (stat.st_atime_ns, stat.st_mtime_ns))]
+    else:
+        _OLD_MULTIRUN.clear()
 
 
 def _undo_sweep_dir(sweep_dir: Path) -> None:
-    """Removes what Hydra's sweeper wrote for a sweep that is refused or only a dry run: its
-    multirun.yaml and the directories it created, nothing that existed before."""
+    """Undoes what Hydra's sweeper wrote for a sweep that is refused or only a dry run: its
+    multirun.yaml (an earlier sweep's comes back) and the directories it created, nothing
+    that existed before."""
     if not _SWEEP_ROOT:
         return
-    (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+    multirun = sweep_dir / "multirun.yaml"
+    if _OLD_MULTIRUN:
+        data, times = _OLD_MULTIRUN[0]
+        multirun.write_bytes(data)
+        os.utime(multirun, ns=times)
+        return  # the sweep dir existed: nothing was created around it
+    multirun.unlink(missing_ok=True)
     path = sweep_dir.absolute()
     while path != _SWEEP_ROOT[0] and _SWEEP_ROOT[0] in path.parents:
         try:
@@ -76,6 +104,12 @@ class SubmitChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not _is_ours(config):
             return  # e.g. hydra/launcher=basic: a local sweep, no SLURM needed
+        from jobs import exit_codes
+
+        try:  # before the sbatch check: fixing the command line comes first
+            check_launcher_options(config.hydra.launcher)
+        except ValueError as err:
+            _exit([f"{exit_codes.NAMES[exit_codes.CONFIG]}: {err}"], code=exit_codes.CONFIG)
         if shutil.which("sbatch") is None:
             _exit([NO_SBATCH], code=5)
         from jobs.preflight import check_output_dir
@@ -84,10 +118,7 @@ class SubmitChecks(Callback):
             check_output_dir(str(config.hydra.sweep.dir), "hydra.sweep.dir")
         except ValueError as err:
             _exit([f"preflight error: {err}"], code=3)  # an environment error
-        existing = Path(str(config.hydra.sweep.dir)).absolute()
-        while not existing.exists():
-            existing = existing.parent
-        _SWEEP_ROOT[:] = [existing]
+        _remember_sweep_dir(Path(str(config.hydra.sweep.dir)))
 
 
 class _Point:
@@ -116,14 +147,21 @@ def _swept_keys(job_overrides: Sequence[Sequence[str]]) -> set[str]:
     return {k for k, v in values.items() if len(v) > 1}
 
 
-class ViceSlurmLauncher(SlurmLauncher):
+class ViceSlurmLauncher(Launcher):
     """Submits each sweep point as a pretrain job plus a dependent eval job."""
 
-    def __init__(self, poll_s: float = 5.0, **params: Any) -> None:
-        super().__init__(**params)
+    def __init__(self, poll_s: float) -> None:  # config.py ViceSlurmConf
         self.poll_s = float(poll_s)
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
         self._snapshot: Path | None = None
         self._partitions: dict[str, Any] = {}
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        # task_function is not kept: the jobs run jobs/slurm.py's tasks, not the Hydra task.
+        self.config, self.hydra_context = config, hydra_context
 
     # ----------------------------------------------------------------- compose and check
 
