@@ -544,8 +544,11 @@ def parse_partition_timing(text: str) -> tuple[int | None, str]:
 
 
 def read_stop_timing(partition: str) -> StopTiming:
-    def scontrol(*args: str) -> str:
-        proc = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=60)
+    def scontrol(*args: str) -> str:  # unreadable: the windows are unknown, not checked
+        try:
+            proc = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return ""
         return proc.stdout if proc.returncode == 0 else ""
 
     grace, mode = parse_partition_timing(scontrol("show", "partition", partition))

@@ -2,6 +2,7 @@
 dry runs, checks before anything is submitted, the sweep's parent MLflow run."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,11 @@ def fake_cluster(tmp_path):
         f'#!/bin/sh\nif [ "$1" = --test-only ]; then echo "$2" >> {tmp_path}/sbatch.tested; '
         f"exit 0; fi\necho called >> {tmp_path}/sbatch.called\nexit 1\n"
     )
+    # the stop windows: KillWait and the partition's GraceTime (tools/slurm_cluster.py's text)
+    (bin_dir / "scontrol").write_text(
+        '#!/bin/sh\nif [ "$2" = config ]; then echo "KillWait                = 15 sec"; '
+        'else echo "PartitionName=batch GraceTime=20 PreemptMode=REQUEUE"; fi\n'
+    )
     for path in bin_dir.iterdir():
         path.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -305,3 +311,33 @@ def test_maskcontrast_voc_recipe_passes_preflight_on_a_voc_tree(tmp_path, fake_c
     assert proc.returncode == 4, proc.stdout + proc.stderr  # a data error
     assert f"the saliency map directory '{root}/saliency' does not exist" in proc.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_save_longer_than_its_windows_is_refused_or_warned_before_submission(
+    tmp_path, fake_cluster
+):
+    """One checkpoint of the configured model is written and timed (here 8 s: the checkpoint
+    writer's test delay): signal_delay_s=20 cannot hold it (the user's key: refused), the
+    cluster's GraceTime and KillWait neither (theirs: warned)."""
+    from vice.train.checkpoint import WRITE_DELAY_ENV
+
+    proc = _launch(
+        tmp_path, "-m", "experiment=smoke", "cluster.signal_delay_s=20,60",
+        "launch.dry_run=true", f"hydra.sweep.dir={tmp_path}/sweep",
+        env={**fake_cluster, WRITE_DELAY_ENV: "8"},
+    )  # fmt: skip
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("preflight error")]
+    assert len(errors) == 1, proc.stderr
+    assert re.fullmatch(
+        r"preflight error in #0 \(experiment=smoke cluster.signal_delay_s=20 launch.dry_run=True"
+        r"\): invalid config value cluster.signal_delay_s=20: a stop checkpoint \(\d+ MB\) "
+        r"took 8\.\d s to write here; with the rest of a step allow 2\d s; "
+        r"set cluster.signal_delay_s to at least 2\d",
+        errors[0],
+    ), errors[0]
+    warnings = [x for x in proc.stderr.splitlines() if x.startswith("preflight warning in #1")]
+    assert len(warnings) == 2 and "GraceTime=20 s (PreemptMode=REQUEUE)" in warnings[0]
+    assert "KillWait=15 s is shorter than the save" in warnings[1]
+    assert not (tmp_path / "sweep").exists()  # the probe's checkpoint is gone too
+    assert not list(tmp_path.glob(".vice-save-probe-*"))

@@ -156,6 +156,7 @@ class ViceSlurmLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self._snapshot: Path | None = None
         self._partitions: dict[str, Any] = {}
+        self._save_probes: dict[tuple[str, ...], tuple[Any, float, int]] = {}
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -230,6 +231,8 @@ class ViceSlurmLauncher(Launcher):
                         features = features if features is not None else read_features()
                         problems = check_constraint(cfg, part, features)
                     problems = problems or check_sbatch(cfg, part)
+                    if not problems:  # would a stop's checkpoint fit in its windows?
+                        problems = self._check_save_window(cfg, part.name, at)
                 for problem in problems:
                     errors.append((exit_codes.CLUSTER, f"preflight error{at}: {problem}"))
                 ret = JobReturn(
@@ -299,6 +302,24 @@ class ViceSlurmLauncher(Launcher):
         _undo_sweep_dir(sweep_dir)
         print("dry run: nothing was submitted, nothing was written")
 
+    def _check_save_window(self, cfg: Any, partition: str, at: str) -> list[str]:
+        """The stop checkpoint against the windows SLURM and the config give it
+        (`jobs.preflight.save_window_problems`): errors returned, warnings printed. One
+        checkpoint of the configured model is written and timed per model and partition."""
+        from jobs.preflight import measure_save, read_stop_timing, save_window_problems
+
+        key = (partition, repr(cfg.model), repr(cfg.method), cfg.optim.name)
+        if key not in self._save_probes:
+            where = Path(str(self.config.hydra.sweep.dir)).absolute()
+            while not where.is_dir():  # the sweep dir does not exist yet: its file system
+                where = where.parent
+            self._save_probes[key] = (read_stop_timing(partition), *measure_save(cfg, where))
+        timing, seconds, size = self._save_probes[key]
+        errors, warnings = save_window_problems(cfg, timing, seconds, size)
+        for warning in warnings:
+            print(f"preflight warning{at}: {warning}", file=sys.stderr)
+        return errors
+
     def _submit(self, points: list[_Point], sweep_dir: Path, many: bool) -> None:
         from jobs import submit, watch
         from jobs.snapshot import snapshot_code
@@ -314,9 +335,9 @@ class ViceSlurmLauncher(Launcher):
         tracking = points[0].cfg.tracking
         parent = None
         if many and tracking.enabled:
-            name = tracking.run_name or f"sweep {sweep_dir.parent.name}/{sweep_dir.name}"
-            parent = open_parent_run(tracking, sweep_dir, name)
-            print(f"mlflow parent run: {parent}")
+            parent = open_parent_run(tracking, sweep_dir, self._parent_name(points, sweep_dir))
+            journaled = f"created when MLflow answers (journaled in {sweep_dir}/tracking)"
+            print(f"mlflow parent run: {parent or journaled}")
         chains, trackers = [], {}
         for point in points:
             try:
@@ -343,17 +364,29 @@ class ViceSlurmLauncher(Launcher):
             results = watch.wait_for(chains, self.poll_s)
         except KeyboardInterrupt:
             _exit(["stopped waiting; the jobs go on (squeue, scancel <job id>)"], code=130)
+        # (a point whose jobs SLURM ended without a word was ended KILLED or FAILED by
+        # watch.wait_for, through its journal: jobs/status.py settle_run)
         failed = [num for num, ok in results.items() if not ok]
-        for num in failed:  # a job SLURM killed could not say so itself
-            run_id = trackers[num].run_id
-            if run_id and _run_status(tracking, run_id) == "RUNNING":
-                trackers[num].finish("FAILED")
-        if parent:  # every point has ended: the worst point's status (a no-op if set)
+        if many and tracking.enabled:  # every point has ended: the worst point's status
             from jobs.sweep_summary import close_parent_if_done
 
             close_parent_if_done(sweep_dir, tracking.uri)
         if failed:
             _exit([f"failed sweep points: {', '.join(f'#{n}' for n in failed)}"], code=1)
+
+    def _parent_name(self, points: list[_Point], sweep_dir: Path) -> str:
+        """The sweep's run: named like its points, by the experiment and the command line's
+        overrides with the swept values as given ("smoke lr=0.1,0.3")."""
+        from vice.tracking import run_name
+
+        tracking = points[0].cfg.tracking
+        if tracking.run_name:
+            return tracking.run_name
+        assert self.config is not None
+        experiment = points[0].ret.hydra_cfg.hydra.runtime.choices.get("experiment")
+        given = [str(o) for o in self.config.hydra.overrides.task]
+        name = run_name(experiment, given)
+        return name if name != "default" else f"sweep {sweep_dir.parent.name}/{sweep_dir.name}"
 
     def _submit_point(
         self, point: _Point, sweep_dir: Path, parent: str | None, trackers: dict[int, Any]
@@ -361,6 +394,7 @@ class ViceSlurmLauncher(Launcher):
         """Run dir, config, MLflow run, the two jobs and jobs.json of one point."""
         from jobs import submit
         from jobs.preflight import resolve_partition
+        from jobs.resubmit import job_tags
         from jobs.snapshot import git_state
         from jobs.stages import open_run
 
@@ -383,8 +417,13 @@ class ViceSlurmLauncher(Launcher):
                 # Not git.*: the trainer sets those from inside the snapshot, no git checkout.
                 **{f"snapshot.{k}": v for k, v in git_state().items()},
                 "snapshot.path": str(self._snapshot),
-                "slurm.pretrain_job_id": chain.pretrain_id,
-                "slurm.eval_job_id": chain.eval_id or "",
+                # the attempt history's tags, as tools/resubmit.py extends them
+                **job_tags(
+                    {
+                        "pretrain": {"job_id": chain.pretrain_id},
+                        "eval": {"job_id": chain.eval_id} if chain.eval_id else None,
+                    }
+                ),
                 "run_dir": str(point.run_dir),
             }
         )
@@ -398,9 +437,3 @@ class ViceSlurmLauncher(Launcher):
             },
         )
         return chain
-
-
-def _run_status(tracking: Any, run_id: str) -> str:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking.uri).get_run(run_id).info.status
