@@ -298,7 +298,9 @@ def build_view(record: dict[str, Any], states: dict[str, watch.JobState]) -> Cha
     if failed:
         _, job_id, logs, state = failed
         paths = [entry[key] for entry in logs for key in ("stderr", "stdout")]
-        view.cause = watch.last_cause(paths, watch.configured_max_requeues(run_dir))
+        view.cause = watch.cancelled_cause(
+            watch.last_cause(paths, watch.configured_max_requeues(run_dir)), state
+        )
         if view.cause is None and state == "NODE_FAIL":
             view.cause = "a node of the job failed (SLURM state NODE_FAIL)"
         view.fix = watch.fix_hint(view.cause, run_dir, job_id, state)

@@ -217,11 +217,23 @@ def last_cause(paths: Sequence[str | Path], max_requeues: int | None = None) -> 
     return wrapper
 
 
+def cancelled_cause(cause: str | None, state: str) -> str | None:
+    """A cancelled job's cause in words: its logs only say training stopped on SIGTERM."""
+    if state != "CANCELLED" or (cause and "TrainingStoppedError" not in cause):
+        return cause
+    saved = re.search(r"stopped by (SIG\w+) at step (\d+), checkpoint saved", cause or "")
+    if saved:
+        return f"cancelled (scancel); training stopped at step {saved[2]} and saved a checkpoint"
+    return "cancelled (scancel)"
+
+
 def fix_hint(cause: str | None, run_dir: str, job_id: str, state: str = "") -> str | None:
     """What to do about a known cause (`state`: the job's final SLURM state)."""
     resubmit = f"python tools/resubmit.py {run_dir} --job {job_id}"
     if cause and cause.startswith("time limit reached"):
         return f"raise trainer.max_requeues, or continue this run with: {resubmit}"
+    if cause and cause.startswith("cancelled (scancel)"):
+        return f"continue it with: {resubmit}"
     lost = re.search(r"\(SIGKILL\)|got signal: 9\b|TrainingStoppedError", cause or "")
     if state == "NODE_FAIL" or lost:
         return f"continue this run from its newest checkpoint with: {resubmit}"
@@ -261,7 +273,7 @@ def _report_failure(chain: Chain, stage: str, out: Callable[[str], None], state:
     if progress:
         out(f"  progress log: {progress}")
     paths = [entry[key] for entry in logs for key in ("stderr", "stdout")]
-    cause = last_cause(paths, configured_max_requeues(chain.run_dir))
+    cause = cancelled_cause(last_cause(paths, configured_max_requeues(chain.run_dir)), state)
     if cause is None and state == "NODE_FAIL":
         cause = "a node of the job failed (SLURM state NODE_FAIL)"
     if cause:

@@ -188,6 +188,8 @@ def test_scancel_ends_the_mlflow_run_killed_once_the_status_view_sees_it(cluster
         assert run.wait_ended(run.eval) == "CANCELLED"
         out = status(tmp_path / "sweep")
         assert f"mlflow run: {run_id} (ended KILLED now: its jobs ended without ending it)" in out
+        assert "  cause: cancelled (scancel)" in out and "TrainingStoppedError" not in out
+        assert f"fix: continue it with: python tools/resubmit.py {run.run_dir} --job" in out
         assert _client(tmp_path).get_run(run_id).info.status == "KILLED"
         assert "ended KILLED now" not in status(tmp_path / "sweep")  # once
     finally:

@@ -181,3 +181,60 @@ def test_cluster_sweep_logs_to_the_server_with_a_summary(cluster, server, tmp_pa
     _ui_lists(server, run.info.experiment_id, parent)
     for log in (tmp_path / "sweep").rglob("*_log.*"):
         _no_secrets(log.read_text(errors="replace"))
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_sweep_launched_while_the_server_is_down_syncs_to_one_parent(cluster, tmp_path):
+    """The server is down for the whole sweep (launch, training, evals): the launch says so in
+    one line, the jobs run, and once a server answers `tools/mlflow_sync.py` creates exactly
+    one parent run with both points nested under it, every value once, the true statuses."""
+    from mlflow.tracking import MlflowClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    out = _launch(
+        tmp_path, uri, "optim.lr=0.1,0.3", "trainer.nodes=1", "launch.wait=true",
+        "hydra.launcher.poll_s=2", multirun=True, timeout=900,
+    )  # fmt: skip
+    journaled = f"mlflow parent run: created when MLflow answers (journaled in {tmp_path}/sweep"
+    assert journaled in out.stdout, out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+    assert out.stderr.count("unreachable") <= 2, out.stderr  # said, not repeated per call
+    sweep = tmp_path / "sweep"
+    assert not (sweep / "mlflow_parent_run_id").exists()
+    assert len(list(sweep.glob("*/eval/metrics.json"))) == 2  # the runs did not wait for it
+
+    state = tmp_path / "mlflow_server"
+    tool = [sys.executable, str(ROOT / "tools" / "mlflow_server.py")]
+    args = ("--state-dir", str(state), "--port", str(port))
+    started = subprocess.run([*tool, "start", *args], capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        sync = subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "mlflow_sync.py"), str(sweep)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        parent = (sweep / "mlflow_parent_run_id").read_text().strip()
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_run(parent).info.experiment_id])
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+        assert len(runs) == 3 and len(children) == 2  # one parent, no split runs
+        assert sorted(r.info.run_name for r in children) == ["smoke lr=0.1", "smoke lr=0.3"]
+        assert {r.info.status for r in children} == {"FINISHED"}
+        assert client.get_run(parent).info.status == "FINISHED"
+        name = client.get_run(parent).info.run_name  # the experiment + the command line
+        assert name.startswith("smoke ") and " lr=0.1,0.3 " in f"{name} ", name
+        for child in children:  # every logged loss value exactly once
+            history = client.get_metric_history(child.info.run_id, "loss")
+            assert sorted(m.step for m in history) == [1, 2, 3, 4]
+        check = subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "mlflow_sync.py"), str(sweep), "--check-only"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        subprocess.run([*tool, "stop", *args], capture_output=True, timeout=120)

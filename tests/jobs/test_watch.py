@@ -333,3 +333,18 @@ def test_a_completed_job_does_not_show_its_stale_pending_reason():
     assert done.text() == "COMPLETED (exit 0:0, 00:01:37)"
     failed = watch.JobState("FAILED", "NonZeroExitCode", "", "1:0", "00:06:00")
     assert failed.text() == "FAILED (exit 1:0, 00:06:00) [NonZeroExitCode]"
+
+
+def test_a_cancelled_jobs_cause_is_said_in_words():
+    stopped = (
+        "jobs.slurm.TrainingStoppedError: training stopped by SIGTERM at step 3, checkpoint "
+        "saved; a restart of job 600 (requeue or tools/resubmit.py) continues from it"
+    )
+    said = watch.cancelled_cause(stopped, "CANCELLED")
+    assert said == "cancelled (scancel); training stopped at step 3 and saved a checkpoint"
+    assert watch.cancelled_cause(None, "CANCELLED") == "cancelled (scancel)"
+    assert watch.cancelled_cause(stopped, "FAILED") == stopped  # not requeued: a failure
+    assert watch.cancelled_cause("OOM", "CANCELLED") == "OOM"  # a real error stays
+    assert watch.fix_hint(said, "/r", "600", "CANCELLED") == (
+        "continue it with: python tools/resubmit.py /r --job 600"
+    )
