@@ -20,7 +20,7 @@ from typing import Any
 from jobs import watch
 from jobs.resubmit import find_records, read_record
 from vice.run_dir import RunDir
-from vice.train.stop import read_stops
+from vice.train.stop import StopEvent, read_stops
 
 # The task's own start line (jobs/slurm.py): when, which job, and SLURM's restart count.
 _VICE_START = re.compile(
@@ -187,9 +187,7 @@ def chain_events(record: dict[str, Any]) -> list[Event]:
     for stop in read_stops(run_dir):
         why = _STOP_WHY.get(stop.signal, "a stop signal")
         text = f"stopped at step {stop.step} by {stop.signal} ({why}), saved"
-        if stop.since_signal_s is not None:
-            text += f" {stop.since_signal_s:.0f} s after the signal"
-        events.append(Event(stop.time, text))
+        events.append(Event(stop.time, text + _after_signal(stop)))
     tries = attempts(record)
     for i, attempt in enumerate(tries):
         events += _attempt_events(attempt, first=i == 0)
@@ -329,7 +327,6 @@ def settle_run(view: ChainView) -> str | None:
     SLURM killing them: no process of the run could set its status), through the run's
     journal, and then the sweep's parent once no point runs. Returns the status set, or None
     when nothing was to do. Used by `tools/status.py` and `launch.wait`."""
-    from vice.pipeline import load_config
     from vice.tracking_journal import Journal
 
     status = ended_status(view)
@@ -337,12 +334,7 @@ def settle_run(view: ChainView) -> str | None:
         return None
     journal = Journal(view.run_dir)
     if not journal.record_path.is_file() or journal.record()["status"] not in (None, "RUNNING"):
-        return None  # never tracked, or already ended by the job itself
-    try:
-        if not load_config(view.run_dir).tracking.enabled:
-            return None
-    except (OSError, ValueError):
-        return None
+        return None  # never tracked (tracking.enabled=false), or ended by the job itself
     from jobs import stages
     from jobs.slurm import close_sweep_parent
 
@@ -351,10 +343,10 @@ def settle_run(view: ChainView) -> str | None:
     return status
 
 
-def _saved(stop: Any) -> str:
+def _after_signal(stop: StopEvent) -> str:
     """How long the stop's checkpoint took from the signal: what a save window must hold."""
-    since = getattr(stop, "since_signal_s", None)
-    return f", saved {since:.0f} s after the signal" if since is not None else ""
+    since = stop.since_signal_s
+    return f" {since:.0f} s after the signal" if since is not None else ""
 
 
 def format_view(view: ChainView, events: int = 8) -> str:
@@ -388,14 +380,12 @@ def format_view(view: ChainView, events: int = 8) -> str:
             lines.append(f"  metrics: {metrics}")
     stops = read_stops(view.run_dir)
     resubmits = len(rec.get("history", []))
-    lines.append(
-        f"  restarts: {view.requeues} by SLURM, {resubmits} resubmitted; stops: {len(stops)}"
-        + (
-            f" (last: {stops[-1].signal} at step {stops[-1].step}{_saved(stops[-1])})"
-            if stops
-            else ""
-        )
-    )
+    text = f"  restarts: {view.requeues} by SLURM, {resubmits} resubmitted; stops: {len(stops)}"
+    if stops:
+        last = stops[-1]
+        after = _after_signal(last)
+        text += f" (last: {last.signal} at step {last.step}{', saved' + after if after else ''})"
+    lines.append(text)
     past = [f"{h['pretrain']['job_id']} {h['pretrain']['state']}" for h in rec.get("history", [])]
     if past:
         lines.append(f"  past pretrain jobs: {', '.join(past)}")

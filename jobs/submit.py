@@ -202,8 +202,10 @@ def sbatch_options(folder: Path, params: dict[str, Any]) -> dict[str, Any]:
 
 def job_log_patterns(folder: Path) -> tuple[str, str]:
     """stdout and stderr of a submitit task (%j: job id, %t: task), as submitit names them."""
-    folder = Path(folder).expanduser().absolute()
-    return str(folder / "%j_%t_log.out"), str(folder / "%j_%t_log.err")
+    from submitit.core.utils import JobPaths  # without ids: the patterns sbatch fills in
+
+    paths = JobPaths(folder)
+    return str(paths.stdout), str(paths.stderr)
 
 
 def render_script(run_dir: str | Path, params: dict[str, Any]) -> str:

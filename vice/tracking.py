@@ -224,8 +224,7 @@ def git_info(repo: Path) -> dict[str, str]:
 
 
 def read_run_id(run_dir: str | Path) -> str | None:
-    path = RunDir(run_dir).mlflow_run_id
-    return path.read_text().strip() if path.is_file() else None
+    return MlflowTracker.read_id(run_dir)
 
 
 def _experiment_id(client: Any, name: str) -> str:

@@ -51,11 +51,16 @@ _SWEEP_ROOT: list[Path] = []
 _OLD_MULTIRUN: list[tuple[bytes, tuple[int, int]]] = []
 
 
+def _existing_dir(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def _remember_sweep_dir(sweep_dir: Path) -> None:
-    existing = sweep_dir.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    _SWEEP_ROOT[:] = [existing]
+    _SWEEP_ROOT[:] = [_existing_dir(sweep_dir)]
     old = sweep_dir / "multirun.yaml"
     if old.is_file():
         stat = old.stat()
@@ -310,9 +315,9 @@ class ViceSlurmLauncher(Launcher):
 
         key = (partition, repr(cfg.model), repr(cfg.method), cfg.optim.name)
         if key not in self._save_probes:
-            where = Path(str(self.config.hydra.sweep.dir)).absolute()
-            while not where.is_dir():  # the sweep dir does not exist yet: its file system
-                where = where.parent
+            # What existed before the sweeper ran (its file system; the sweep dir may be undone)
+            sweep_dir = Path(str(self.config.hydra.sweep.dir))
+            where = _SWEEP_ROOT[0] if _SWEEP_ROOT else _existing_dir(sweep_dir)
             self._save_probes[key] = (read_stop_timing(partition), *measure_save(cfg, where))
         timing, seconds, size = self._save_probes[key]
         errors, warnings = save_window_problems(cfg, timing, seconds, size)
