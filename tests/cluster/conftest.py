@@ -1,17 +1,21 @@
-"""The `cluster` fixture: a real SLURM cluster with 2 usable nodes, or a skip.
-
-Skipped when there is no cluster, unless VICE_CLUSTER_TESTS=1 (then a missing cluster fails).
-"""
+"""The `cluster` fixture: a real SLURM cluster with 2 usable nodes, or a skip (skipped when
+there is no cluster, unless VICE_CLUSTER_TESTS=1: then a missing cluster fails). The `server`
+fixture: a real `mlflow server` on loopback (tools/mlflow_server.py), one for the session."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 FORCED = os.environ.get("VICE_CLUSTER_TESTS") == "1"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cluster_problem() -> str | None:
@@ -37,3 +41,18 @@ def cluster() -> None:
         if FORCED:
             pytest.fail(f"VICE_CLUSTER_TESTS=1 but {problem}")
         pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The tracking URI of a running `mlflow server`, stopped when the session ends."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = tmp_path_factory.mktemp("mlflow_server")
+    args = ("--state-dir", str(state), "--port", str(port))
+    tool = [sys.executable, str(ROOT / "tools" / "mlflow_server.py")]
+    out = subprocess.run([*tool, "start", *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    yield re.search(r"tracking\.uri=(\S+)", out.stdout).group(1)
+    subprocess.run([*tool, "stop", *args], capture_output=True, timeout=120)

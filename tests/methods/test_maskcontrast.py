@@ -3,8 +3,6 @@ BN), queue, the loss the method back-propagates, resume and DDP equivalence."""
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -241,17 +239,12 @@ def test_loss_of_a_batch_without_anchors_is_the_saliency_term_only():
 # ---------------------------------------------------------------------------- shuffled BN
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _shuffle_worker(rank: int, port: int, out: str) -> None:
+def _shuffle_worker(rank: int, out: str) -> None:
     import torch.distributed as torch_dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch_dist.init_process_group("gloo", rank=rank, world_size=2)
+    # a file rendezvous: a free TCP port picked in the test could be taken before it is bound
+    torch_dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank,
+                                  world_size=2)  # fmt: skip
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
@@ -275,7 +268,7 @@ def _shuffle_worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_shuffled_bn_keys_equal_unshuffled_in_eval_mode_and_differ_in_training(tmp_path):
-    torch.multiprocessing.spawn(_shuffle_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_shuffle_worker, args=(str(tmp_path),), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for r, result in enumerate(ranks):
         a, b, offset = result["eval"]

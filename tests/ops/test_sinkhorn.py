@@ -3,7 +3,6 @@
 Shapes: N rows (samples), K prototypes.
 """
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -166,9 +165,11 @@ def published_distributed_sinkhorn(scores_NK, epsilon, iterations):
     return (q_KN / q_KN.sum(dim=0, keepdim=True)).t()
 
 
-def _worker(rank, world_size, port, out_dir):
+def _worker(rank, world_size, init_file, out_dir):
+    # a file rendezvous: a free TCP port picked here can be taken by another process (the
+    # suite runs beside the cluster's torchrun jobs) before the ranks bind it
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
     try:
         group = dist.new_group([0, 1])  # every rank creates every group
@@ -189,14 +190,9 @@ def _worker(rank, world_size, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_with_unequal_rows_match_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    init = tmp_path / "rendezvous"
+    mp.spawn(_worker, args=(2, str(init), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for split in SPLITS:
         scores = unit_scores(sum(split), K_PROTOTYPES, seed=sum(split), dtype=torch.float32)

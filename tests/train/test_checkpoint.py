@@ -92,3 +92,15 @@ def test_weights_only_refuses_arbitrary_objects(tmp_path):
 
     mgr.save({"step": 1, "obj": datetime.datetime(2026, 1, 1)}, 1)
     assert mgr.load_latest() is None  # unpickling code objects is refused
+
+
+def test_the_injected_write_delay_applies_to_the_steps_named(monkeypatch):
+    from vice.train.checkpoint import WRITE_DELAY_ENV, WRITE_DELAY_STEPS_ENV, _write_delay_s
+
+    monkeypatch.delenv(WRITE_DELAY_ENV, raising=False)
+    monkeypatch.delenv(WRITE_DELAY_STEPS_ENV, raising=False)
+    assert _write_delay_s(8) == 0.0
+    monkeypatch.setenv(WRITE_DELAY_ENV, "25")
+    assert _write_delay_s(4) == 25.0 and _write_delay_s(8) == 25.0  # every write
+    monkeypatch.setenv(WRITE_DELAY_STEPS_ENV, "8,12")
+    assert (_write_delay_s(4), _write_delay_s(8), _write_delay_s(12)) == (0.0, 25.0, 25.0)

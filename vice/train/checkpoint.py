@@ -32,8 +32,19 @@ STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
 _NAME = re.compile(r"^step_(\d{9})$")
 # Fault injection: seconds to wait between writing the state and committing the checkpoint,
-# so that tests can kill a job in the middle of a write (tests/cluster/test_preemption.py).
+# so that tests can kill a job in the middle of a write (tests/cluster/test_preemption.py);
+# with the steps variable set (comma-separated), only those checkpoints wait.
 WRITE_DELAY_ENV = "VICE_TEST_CHECKPOINT_WRITE_DELAY_S"
+WRITE_DELAY_STEPS_ENV = "VICE_TEST_CHECKPOINT_WRITE_DELAY_STEPS"
+
+
+def _write_delay_s(step: int) -> float:
+    """The injected delay of checkpoint `step`'s write (0 unless a test set one)."""
+    delay = float(os.environ.get(WRITE_DELAY_ENV) or 0)
+    steps = os.environ.get(WRITE_DELAY_STEPS_ENV)
+    if steps and step not in {int(s) for s in steps.split(",")}:
+        return 0.0
+    return delay
 
 
 class CheckpointError(RuntimeError):
@@ -97,7 +108,7 @@ class CheckpointManager:
                 torch.save(state, f)
                 f.flush()
                 os.fsync(f.fileno())
-            time.sleep(float(os.environ.get(WRITE_DELAY_ENV) or 0))
+            time.sleep(_write_delay_s(step))
             manifest = {
                 "step": step,
                 "time": time.time(),
