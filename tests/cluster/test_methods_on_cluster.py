@@ -8,9 +8,6 @@ history of the loss, each logged term and the learning rate equal step for step,
 chained eval run once. SlotCon runs with both D3SSL switches on (method.decoupling,
 method.depositioning). (ViCE's own scenarios, with more kinds of stops, are in
 test_preemption.py.)
-
-The methods run side by side: each chain asks for 1 CPU and 4 GB per node, so both fit on the
-2 nodes at once, and one urgent job preempts both preempted runs.
 """
 
 from __future__ import annotations
@@ -37,8 +34,6 @@ def base(*recipe: str) -> tuple[str, ...]:
         "eval.linear_iters=20",
         "eval.max_images=4",
         "launch.wait=false",
-        "cluster.cpus_per_task=1",
-        "cluster.mem_gb=4",
     )
 
 
@@ -71,43 +66,29 @@ METHODS = {
 }
 
 
-def test_two_nodes_preempted_resume_like_undisturbed_and_evaluate(cluster, tmp_path):
-    from vice.train.trainer import STEP_DELAY_ENV
-
-    references = {
-        method: Run(tmp_path / method / "reference", "eval.enabled=false", base=recipe)
-        for method, (recipe, _) in METHODS.items()
-    }
-    runs: dict[str, Run] = {}
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_nodes_preempted_resume_like_undisturbed_and_evaluate(cluster, tmp_path, method):
+    recipe, keys = METHODS[method]
+    reference = Run(tmp_path / "reference", "eval.enabled=false", base=recipe)
     try:
-        for ref in references.values():
-            assert ref.wait_ended(ref.pretrain) == "COMPLETED", ref.logs()[-3000:]
-        # 2 s more per step: the run that starts first is still training when the later one
-        # reaches the step where both are preempted
-        runs = {
-            method: Run(tmp_path / method / "preempted", base=recipe, env={STEP_DELAY_ENV: "2"})
-            for method, (recipe, _) in METHODS.items()
-        }
-        for run in runs.values():
-            run.wait_step(2)
-        preempt()
-        for run in runs.values():
-            run.wait_running_again(0)
-        for method, run in runs.items():
-            keys = METHODS[method][1]
-            check_completed_like_reference(
-                run, references[method], stops_expected=1, keys=keys, steps=STEPS
-            )
-            assert "node 1/2" in run.logs()
-            record = json.loads((run.run_dir / "jobs.json").read_text())
-            assert record["nodes"] == 2
-            config = (run.run_dir / "config.yaml").read_text()
-            assert f"name: {method}" in config
-            metrics = json.loads((run.run_dir / "eval" / "metrics.json").read_text())
-            assert 0.0 <= metrics["clustering.8.miou"] <= 1.0
-            if method == "maskcontrast":  # its own protocol ran in the chained eval
-                assert 0.0 <= metrics["saliency.iou"] <= 1.0
-                assert "mask_kmeans.miou" in metrics or "mask_kmeans.skipped" in metrics
+        assert reference.wait_ended(reference.pretrain) == "COMPLETED", reference.logs()[-3000:]
     finally:
-        for run in (*references.values(), *runs.values()):
-            run.cancel()
+        reference.cancel()
+    run = Run(tmp_path / "preempted", base=recipe)
+    try:
+        run.wait_step(4)
+        preempt()
+        run.wait_running_again(0)
+        check_completed_like_reference(run, reference, stops_expected=1, keys=keys, steps=STEPS)
+        assert "node 1/2" in run.logs()
+        record = json.loads((run.run_dir / "jobs.json").read_text())
+        assert record["nodes"] == 2
+        config = (run.run_dir / "config.yaml").read_text()
+        assert f"name: {method}" in config
+        metrics = json.loads((run.run_dir / "eval" / "metrics.json").read_text())
+        assert 0.0 <= metrics["clustering.8.miou"] <= 1.0
+        if method == "maskcontrast":  # its own protocol ran in the chained eval
+            assert 0.0 <= metrics["saliency.iou"] <= 1.0
+            assert "mask_kmeans.miou" in metrics or "mask_kmeans.skipped" in metrics
+    finally:
+        run.cancel()
