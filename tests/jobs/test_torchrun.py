@@ -82,7 +82,9 @@ def _stop_torchrun(tmp_path, save_s: float, shutdown_timeout_s: int) -> tuple[in
         while ready < 2:  # both workers installed their handler
             line = proc.stdout.readline()
             assert line, "".join(errors)
-            ready += "ready" in line
+            # count, not test: the workers run unbuffered (python -u), so print's "ready" and
+            # its newline are two writes, and two workers can interleave into "readyready"
+            ready += line.count("ready")
         proc.send_signal(signal.SIGUSR2)
         proc.wait(timeout=120)
         reader.join(timeout=10)
