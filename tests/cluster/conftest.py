@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,9 +45,9 @@ def cluster() -> None:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """The tracking URI of a running `mlflow server`, stopped when the session ends."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from vice.tracking import free_port
+
+    port = free_port()
     state = tmp_path_factory.mktemp("mlflow_server")
     args = ("--state-dir", str(state), "--port", str(port))
     tool = [sys.executable, str(ROOT / "tools" / "mlflow_server.py")]
