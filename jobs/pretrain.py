@@ -3,6 +3,9 @@
 Stop signals (SIGTERM on preemption or requeue, SIGUSR2 before the time limit, SIGINT) only
 set a flag; the trainer saves at the next step boundary with every other rank and returns,
 and this process exits 0. `<run_dir>/stops.jsonl` tells the job's supervisor it was a stop.
+The flag is set up before anything heavy is imported: a signal during the seconds of imports
+and setup of a restart (on a busy node, tens of seconds) would otherwise kill the rank with
+the signal's default action, and the job would read as failed instead of stopped.
 """
 
 from __future__ import annotations
@@ -14,11 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vice import dist
-from vice.pipeline import load_config
-from vice.tracking import build_tracker
-from vice.train.stop import StopSignals
-from vice.train.trainer import train
+from vice.train.stop import StopSignals  # light: no torch yet
 
 # SLURM's view of the job, as MLflow tags (names: what `squeue`/`sacct` call them)
 SLURM_TAGS = {
@@ -47,8 +46,13 @@ def main(argv: list[str]) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     run_dir = Path(argv[0])
-    cfg = load_config(run_dir)
     with StopSignals() as stop:
+        from vice import dist
+        from vice.pipeline import load_config
+        from vice.tracking import build_tracker
+        from vice.train.trainer import train
+
+        cfg = load_config(run_dir)
         is_main = int(os.environ.get("RANK", "0")) == 0
         tracker = build_tracker(cfg.tracking, run_dir, is_main)
         tracker.set_tags(slurm_tags(dict(os.environ)))

@@ -67,14 +67,21 @@ class DeferredRequeue:
     `scontrol requeue`, exit), so the save window is the one the cluster and the user set:
     `cluster.signal_delay_s` before a time limit, the partition's GraceTime on a preemption.
     torchrun receives the signal from SLURM itself, as every process of the job step does.
+
+    SIGTERM (a preemption, a requeue, scancel) is noted too, then handed to submitit's own
+    handler (which lets it pass): `stopped_by` names the first stop signal of either kind, so
+    a torchrun ended by one before training could save reads as stopped, not failed.
     """
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
-        self.received: float | None = None  # when the signal came (time.time())
+        self.received: float | None = None  # when the submitit signal came (time.time())
+        self.stopped_by: str | None = None  # the first stop signal's name
         self._submitit_handler: Any = None
+        self._term_handler: Any = None
 
     def _note(self, signum: int, frame: Any) -> None:
+        self.stopped_by = self.stopped_by or signal.Signals(signum).name
         if self.received is None:
             self.received = time.time()
             log(
@@ -82,12 +89,21 @@ class DeferredRequeue:
                 "the requeue follows the save"
             )
 
+    def _note_term(self, signum: int, frame: Any) -> None:
+        self.stopped_by = self.stopped_by or signal.Signals(signum).name
+        if callable(self._term_handler):
+            self._term_handler(signum, frame)
+
     def __enter__(self) -> DeferredRequeue:
         self._submitit_handler = signal.signal(self.signum, self._note)
+        if self.signum != signal.SIGTERM:
+            self._term_handler = signal.signal(signal.SIGTERM, self._note_term)
         return self
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(self.signum, self._submitit_handler)
+        if self.signum != signal.SIGTERM:
+            signal.signal(signal.SIGTERM, self._term_handler)
 
     def requeue(self) -> None:
         """submitit's handling of the signal, now: on global rank 0 it requeues the job and
@@ -145,6 +161,10 @@ class PretrainTask:
         try:
             with DeferredRequeue(submitit_signal()) as deferred:
                 result = stages.pretrain(self.run_dir, command, child_env)
+            # A signal before the workers could take it (torchrun in its rendezvous, on a busy
+            # node) ends torchrun with no stop recorded: still a stop, the newest checkpoint
+            # stands, and the requeue continues from it.
+            result = result.stopped_by(deferred.stopped_by)
             if result.outcome == "stopped":
                 deferred.requeue()  # rank 0: requeues and exits, unless requeues are used up
         except BaseException as err:

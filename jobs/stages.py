@@ -86,16 +86,33 @@ def open_run(
 @dataclass(frozen=True)
 class Pretrained:
     """How pretraining ended: "completed", "stopped" (on a signal, with a checkpoint saved;
-    a restart continues it) or "failed"."""
+    a restart continues it) or "failed".
+
+    A stop without a `StopEvent` names only its signal: it came before training could take
+    it (torchrun still in its rendezvous), and the newest checkpoint is where a restart goes on.
+    """
 
     outcome: str
     exit_code: int
     stop: StopEvent | None = None
+    signal: str | None = None  # a stop's signal when no StopEvent was recorded
 
     def describe(self) -> str:
-        if self.outcome == "stopped":
+        if self.outcome == "stopped" and self.stop is not None:
             return f"stopped by {self.stop.signal} at step {self.stop.step}, checkpoint saved"
+        if self.outcome == "stopped":
+            return (
+                f"stopped by {self.signal} before training started (torchrun exit code "
+                f"{self.exit_code}); its newest checkpoint stands"
+            )
         return f"{self.outcome} (torchrun exit code {self.exit_code})"
+
+    def stopped_by(self, signal_name: str | None) -> Pretrained:
+        """This outcome once the job's supervisor knows a stop signal came: a torchrun that
+        ended without a recorded stop ended because of it, not of a fault."""
+        if signal_name is None or self.outcome != "failed":
+            return self
+        return Pretrained("stopped", self.exit_code, None, signal_name)
 
 
 def pretrain(run_dir: str | Path, command: list[str], env: dict[str, str]) -> Pretrained:

@@ -66,6 +66,31 @@ def test_submitits_requeue_waits_until_training_saved(monkeypatch):
         signal.signal(signal.SIGUSR2, previous)
 
 
+def test_sigterm_is_noted_and_still_reaches_submitits_handler():
+    """A preemption's SIGTERM: noted as the stop, then passed to the handler before it
+    (submitit's, which lets it pass); the submitit signal is named if it came first."""
+    import os
+    import signal
+
+    passed: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: passed.append(signum))
+    try:
+        with slurm.DeferredRequeue(signal.SIGUSR2) as deferred:
+            assert deferred.stopped_by is None
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert deferred.stopped_by == "SIGTERM" and deferred.received is None
+            assert passed == [signal.SIGTERM]
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert deferred.stopped_by == "SIGTERM" and deferred.received is not None
+        assert signal.getsignal(signal.SIGTERM) is not deferred._note_term
+        with slurm.DeferredRequeue(signal.SIGUSR2) as deferred:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert deferred.stopped_by == "SIGUSR2"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_save_window_is_the_signal_lead_at_least_a_minute(tmp_path):
     from vice.config import Config
     from vice.hydra_schema import write_config

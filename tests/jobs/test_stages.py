@@ -51,6 +51,29 @@ def test_pretrain_tells_completed_failed_and_stopped(tmp_path):
     assert stopped.describe() == "stopped by SIGUSR2 at step 6, checkpoint saved"
 
 
+def test_a_signal_before_training_took_it_is_a_stop_not_a_failure():
+    """torchrun ended by a stop signal in its rendezvous records no stop; the supervisor that
+    saw the signal calls it a stop, so the requeue goes on from the newest checkpoint."""
+    failed = stages.Pretrained("failed", 140)
+    early = failed.stopped_by("SIGUSR2")
+    assert (early.outcome, early.exit_code, early.stop, early.signal) == (
+        "stopped",
+        140,
+        None,
+        "SIGUSR2",
+    )
+    assert early.describe() == (
+        "stopped by SIGUSR2 before training started (torchrun exit code 140); its newest "
+        "checkpoint stands"
+    )
+    assert failed.stopped_by(None) is failed  # no signal: a failure stays one
+    done = stages.Pretrained("completed", 0)
+    assert done.stopped_by("SIGTERM") is done  # training finished before the signal mattered
+    stop = StopEvent("SIGTERM", 4, 1.0, 1)
+    saved = stages.Pretrained("stopped", 0, stop)
+    assert saved.stopped_by("SIGUSR2") is saved
+
+
 def test_figure_failure_is_logged_not_raised(tmp_path, monkeypatch, capsys):
     def broken(cfg, run_dir):
         raise ValueError("invalid config value figure.indices: 9 is past the 2 images")

@@ -19,6 +19,7 @@ from vice.methods import ViceConfig
 from vice.run_dir import RunDir
 from vice.tracking import Tracker
 from vice.train.checkpoint import CheckpointManager
+from vice.train.stop import read_stops
 from vice.train.trainer import CHECKPOINT_FORMAT, train
 
 
@@ -70,6 +71,32 @@ def test_resume_is_bit_exact(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_a_stop_asked_for_during_setup_ends_before_the_first_step(tmp_path):
+    """A time limit's signal can land in a restart's imports and setup, before any step: the
+    run stops at the step it started from (a fresh run saves its step 0 first; a resumed one
+    has that step's checkpoint already), and the restart after it goes on bit-exact."""
+    cfg = tiny_config(steps=4)
+    run, ckpts = tmp_path / "b", CheckpointManager(tmp_path / "b" / "checkpoints")
+    early = train(cfg, run, should_stop=lambda step: "SIGUSR2")
+    assert (early["status"], early["steps"], early["signal"]) == ("stopped", 0, "SIGUSR2")
+    assert [c.step for c in ckpts.list()] == [0]
+    train(cfg, run, should_stop=lambda step: step == 2)
+    saved = {c.step: c.path.stat().st_mtime_ns for c in ckpts.list()}
+    again = train(cfg, run, should_stop=lambda step: "SIGTERM")  # resumed at step 2
+    assert (again["status"], again["steps"]) == ("stopped", 2)
+    assert {c.step: c.path.stat().st_mtime_ns for c in ckpts.list()} == saved  # no new save
+    assert [(e.signal, e.step) for e in read_stops(run)] == [
+        ("SIGUSR2", 0),
+        ("stop", 2),
+        ("SIGTERM", 2),
+    ]
+    assert train(cfg, run)["status"] == "completed"
+    train(cfg, tmp_path / "a")
+    a, b = _weights(tmp_path / "a"), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow

@@ -84,6 +84,17 @@ def _format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on any rank: one small all-reduce, so every rank decides alike."""
+    t = torch.tensor([float(f) for f in flags])
+    return (dist.all_reduce_max(t.to(device)).cpu() > 0).tolist()
+
+
+def _stop_name(reason: str | bool | None) -> str:
+    """The stop's name: the signal's, "peer" (another rank's signal), "stop" (a test's)."""
+    return reason if isinstance(reason, str) else "peer" if not reason else "stop"
+
+
 def _record_stop(
     run_dir: Path,
     tracker: Tracker,
@@ -440,6 +451,17 @@ def train(
     step_delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
     stop_signal: str | None = None
     lr = learning_rate(state.step, total_steps, cfg.optim, steps_per_epoch)
+    if state.step < total_steps:
+        # A stop asked for during setup (imports, data, model, resume: tens of seconds on a
+        # busy node, where a time limit's signal can land) ends here, before any step: the
+        # checkpoint resumed from is this step's; a fresh run saves its step 0 first.
+        reason = should_stop(state.step) if should_stop is not None else None
+        if _agree([bool(reason)], device)[0]:
+            stop_signal = _stop_name(reason)
+            if resumed_from is None:
+                save_started = time.monotonic()
+                save_checkpoint(parts, state, rt, name)
+                save_s = time.monotonic() - save_started
     while state.step < total_steps and stop_signal is None:
         tic = time.monotonic()
         for batch in loader:
@@ -473,13 +495,10 @@ def train(
 
             # One small all-reduce per step makes every rank take the same decisions.
             reason = should_stop(state.step) if should_stop is not None else None
-            flags = torch.tensor(
-                [
-                    float(time.monotonic() - last_save >= cfg.trainer.checkpoint_minutes * 60),
-                    float(bool(reason)),
-                ]
+            time_due, stop = _agree(
+                [time.monotonic() - last_save >= cfg.trainer.checkpoint_minutes * 60, bool(reason)],
+                device,
             )
-            time_due, stop = (dist.all_reduce_max(flags.to(device)).cpu() > 0).tolist()
             at_end = state.step >= total_steps
             if state.step % cfg.trainer.checkpoint_every == 0 or time_due or stop or at_end:
                 save_started = time.monotonic()
@@ -487,9 +506,7 @@ def train(
                 last_save = time.monotonic()
                 save_s = last_save - save_started
             if stop and not at_end:
-                stop_signal = (
-                    reason if isinstance(reason, str) else "peer" if not reason else "stop"
-                )
+                stop_signal = _stop_name(reason)
             if stop_signal is not None or at_end:
                 break
         else:
