@@ -144,13 +144,19 @@ def check_environment(config: Config, run_dir: str | Path | None = None) -> None
         )
     if run_dir is not None:
         check_output_dir(run_dir, "hydra.run.dir")
+    check_caches(config)
+    check_tracking(config)
+
+
+def check_caches(config: Config) -> None:
+    """The superpixel and mask caches, where set, are writable directories (the data loader
+    writes them from the first batch on)."""
     for key, cache in (
         ("data.superpixels.cache_dir", config.data.superpixels.cache_dir),
         ("data.mask_prior.cache_dir", config.data.mask_prior.cache_dir),
     ):
         if cache:
             check_output_dir(cache, key)
-    check_tracking(config)
 
 
 def _naming(key: str, build):
@@ -177,14 +183,24 @@ def check_data(config: Config) -> None:
     builder = METHODS[config.method.name].sample_builder
     if builder == "vice_views":  # the only builder that computes superpixels
         check_superpixels(config)
+        source = build_source(config.data)
         # e.g. data.superpixels.method=gt on a data set without instance maps
-        check_regions(build_source(config.data), config.data.superpixels)
+        check_regions(source, config.data.superpixels)
     elif builder == "mask_crops":  # e.g. a missing saliency directory, maps of another size
         if config.data.mask_prior.source == "superpixel_saliency":
             check_superpixels(config)
-        check_mask_prior(build_source(config.data), config.data)
+        source = build_source(config.data)
+        check_mask_prior(source, config.data)
     else:
-        build_source(config.data)
+        source = build_source(config.data)
+    past = [index for index in config.figure.indices if index >= len(source)]
+    if past:  # the figure stage runs after pretraining: hours later
+        raise _fail(
+            "figure.indices",
+            list(config.figure.indices),
+            f"{past[0]} is past the {len(source)} images of data.split={config.data.split!r}; "
+            f"use indices below {len(source)}",
+        )
     grid = config.data.views.superpixel_grid
     if grid.kind != "none":  # SuperpixelGrid* computes fast-slic superpixels of every view
         problem = slic_problem()
@@ -208,12 +224,16 @@ def check_data(config: Config) -> None:
         )
         # a few evenly spread images and labels: unreadable, wrong sizes, no valid class
         scan_eval_split(source, config.eval.max_images)
-        if config.eval.linear:
+        if config.eval.linear:  # the probe's training images and labels, checked alike
             split = config.eval.linear_train_split
-            _naming(
+            train = _naming(
                 "eval.linear_train_split",
                 lambda: build_source(config.data, split=split, labels=True),
             )
+            try:
+                scan_eval_split(train, config.eval.linear_train_images)
+            except ValueError as err:
+                raise ValueError(f"eval.linear_train_split={split!r}: {err}") from None
 
 
 def check_output_dir(path: str | Path, key: str = "hydra.sweep.dir") -> None:

@@ -55,6 +55,16 @@ def test_defaults_are_the_published_settings():
             DataConfig(views=ViewConfig(mean=[0.5, 0.5])),
             "invalid config value data.views.mean=[0.5, 0.5]: a list of 3 numbers (R, G, B)",
         ),
+        (
+            DataConfig(views=ViewConfig(mean=[0.5, float("nan"), 0.5])),
+            "invalid config value data.views.mean=[0.5, nan, 0.5]: every entry must be a finite "
+            "number",
+        ),
+        (
+            DataConfig(views=ViewConfig(std=[0.2, 0.2, float("inf")])),
+            "invalid config value data.views.std=[0.2, 0.2, inf]: every entry must be a finite "
+            "number",
+        ),
     ],
 )
 def test_invalid_values_name_key_value_and_what_is_allowed(cfg, message):

@@ -184,6 +184,8 @@ class ViewConfig:
             values = list(getattr(self, name))
             if len(values) != 3:
                 raise _fail(f"{prefix}.{name}", values, "a list of 3 numbers (R, G, B)")
+            if not all(math.isfinite(v) for v in values):
+                raise _fail(f"{prefix}.{name}", values, "every entry must be a finite number")
         if min(self.std) <= 0:
             raise _fail(f"{prefix}.std", list(self.std), "every entry must be > 0")
         self.superpixel_grid.validate(f"{prefix}.superpixel_grid")

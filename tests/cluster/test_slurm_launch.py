@@ -233,6 +233,9 @@ BAD_INPUT = {
     "method-setting": (["experiment=slotcon_smoke", "data.masking.enabled=true"], 2,
                        ["data.masking.enabled=True: slotcon does not mask"]),
     "tracking-scheme": (["tracking.uri=ftp://host/x"], 3, ["tracking.uri='ftp://host/x'"]),
+    "cache-dir": (["data.superpixels.cache_dir=/proc/vice-cache"], 3,
+                  ["environment error: invalid config value "
+                   "data.superpixels.cache_dir='/proc/vice-cache': cannot write in /proc"]),
     "data-root": (["data=coco", "data.root=/nonexistent/coco"], 4,
                   ["COCO data set at '/nonexistent/coco'"]),
     "saliency-dir": (["experiment=maskcontrast_smoke", "data.mask_prior.source=files"], 4,

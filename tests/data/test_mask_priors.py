@@ -287,6 +287,28 @@ def test_files_wrong_size_names_both_files_and_sizes(tmp_path):
     assert str(err.value) == expected
 
 
+def test_files_wrong_size_of_any_map_is_found_before_training(tmp_path):
+    """Not only the first pair: a later map of another size fails the check, and several are
+    counted."""
+    sizes = ((8, 10), (6, 6), (4, 4), (5, 7))
+    source, cfg = _files_setup(tmp_path, sizes=sizes, map_sizes=(*sizes[:3], (7, 5)))
+    with pytest.raises(ValueError) as err:
+        check_mask_prior(source, cfg)
+    assert str(err.value).startswith(
+        f"saliency map '{tmp_path / 'saliency' / 'd.png'}' is 5x7 (W x H) but its image "
+        f"'{source.paths[3]}' is 7x5"
+    )
+    source, cfg = _files_setup(
+        tmp_path / "two", sizes=sizes, map_sizes=((8, 8), *sizes[1:3], (7, 5))
+    )
+    with pytest.raises(ValueError) as err:
+        check_mask_prior(source, cfg)
+    assert str(err.value).startswith(
+        "2 of 4 saliency maps differ in size from their images; the first: saliency map "
+        f"'{tmp_path / 'two' / 'saliency' / 'a.png'}' is 8x8 (W x H)"
+    )
+
+
 def test_files_images_sharing_a_stem_are_refused(tmp_path):
     a = _write_image(tmp_path / "x" / "a.png", 4, 4)
     b = _write_image(tmp_path / "y" / "a.jpg", 4, 4)
@@ -482,6 +504,7 @@ def test_voc_saliency_files_of_another_size_are_refused(tmp_path):
     with pytest.raises(ValueError) as err:
         check_mask_prior(source, cfg)
     assert str(err.value).startswith(
-        f"saliency map '{root / 'saliency' / (first + '.png')}' is 8x6 (W x H) but its image "
-        f"'{source.path(0)}' is 16x12: it is another image's map, or it was resized"
+        f"{len(source)} of {len(source)} saliency maps differ in size from their images; the "
+        f"first: saliency map '{root / 'saliency' / (first + '.png')}' is 8x6 (W x H) but its "
+        f"image '{source.path(0)}' is 16x12: it is another image's map, or it was resized"
     )

@@ -202,6 +202,9 @@ def test_ctrl_c_saves_and_the_same_run_dir_continues(tmp_path):
 # against the real cluster: tests/cluster/test_slurm_launch.py::BAD_INPUT.
 LOCAL_BAD_INPUT = {
     "inf-lr": (["optim.lr=inf"], 2, "invalid config value optim.lr=inf: must be a finite"),
+    "nan-lr": (["optim.lr=nan"], 2, "invalid config value optim.lr=nan: must be a finite"),
+    "nan-std": (["data.views.std=[0.2,nan,0.2]"], 2,
+                "data.views.std=[0.2, nan, 0.2]: every entry must be a finite number"),
     "appended-unknown-key": (["+trainer.foo=1"], 2, "trainer.foo"),
     "method-setting": (["method=maskcontrast", "data.views.crop_scale_max=1.5"], 2,
                        "data.views.crop_scale_max=1.5: maskcontrast's crops cover"),
@@ -213,8 +216,12 @@ LOCAL_BAD_INPUT = {
                   "data.views.superpixel_grid.kind='swap': one of ['cut', 'mean', 'mix', "),
     "cuda-without-gpu": (["trainer.device=cuda"], 3, "trainer.device='cuda'"),
     "tracking-scheme": (["tracking.uri=ftp://host/x"], 3, "tracking.uri='ftp://host/x'"),
+    "unwritable-cache": (["data.superpixels.cache_dir=/proc/vice-cache"], 3,
+                         "data.superpixels.cache_dir='/proc/vice-cache'"),
     "voc-root": (["experiment=maskcontrast_voc", "data.root=/nonexistent/VOC2012"], 4,
                  "PASCAL VOC"),
+    "figure-index": (["figure.indices=[0,1000000000]"], 4,
+                     "figure.indices=[0, 1000000000]: 1000000000 is past the "),
     "mask-prior-on-folder": (
         ["method=maskcontrast", "data=folder", "data.root=.", "eval.enabled=false"], 4,
         "data.mask_prior.source='gt': data.dataset='folder' has no"),

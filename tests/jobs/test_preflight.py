@@ -335,3 +335,26 @@ def test_measure_save_writes_a_real_checkpoint_and_leaves_nothing(tmp_path):
     params = sum(p.numel() for p in build_method(config).parameters() if p.requires_grad)
     assert seconds > 0 and size > 4 * params * 2  # weights and one momentum, float32
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_probes_training_split_is_scanned_like_the_eval_split(tmp_path):
+    """The linear probe trains on eval.linear_train_split: its labels are read at launch too,
+    and an error names that key and the file."""
+    from PIL import Image
+
+    from tests.data.datasets.fixtures import make_voc
+
+    root = make_voc(tmp_path / "voc")
+    config = cfg(
+        data={"dataset": "voc", "root": str(root), "split": "train", "eval_split": "val"},
+        eval={"linear_train_split": "train"},
+    )
+    check_data(config)  # a sound tree passes
+    ids = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    for image_id in ids:  # every train label map resized: any sample finds one
+        Image.new("L", (5, 5)).save(root / "SegmentationClass" / f"{image_id}.png")
+    with pytest.raises(ValueError) as err:
+        check_data(config)
+    message = str(err.value)
+    assert message.startswith("eval.linear_train_split='train': PASCAL VOC label map ")
+    assert "SegmentationClass" in message and "is 16x12: a label map must match" in message

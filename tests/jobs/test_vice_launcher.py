@@ -260,7 +260,7 @@ def test_unwritable_sweep_dir_is_refused_before_hydra_creates_it(tmp_path, fake_
     )  # fmt: skip
     assert proc.returncode == 3, proc.stdout + proc.stderr  # an environment error
     assert proc.stderr.strip() == (
-        f"preflight error: invalid config value hydra.sweep.dir='{tmp_path}/afile/sweep': "
+        f"environment error: invalid config value hydra.sweep.dir='{tmp_path}/afile/sweep': "
         f"{tmp_path}/afile is not a directory; set hydra.sweep.dir to a writable directory "
         "that every node sees"
     )

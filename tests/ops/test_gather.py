@@ -1,6 +1,5 @@
-"""SlotCon (method=slotcon): the losses against per-image loops of the published description,
-the overlap alignment, the teacher and centre schedules, configs through Hydra, and the real
-loop (bit-exact resume with teacher and centre, 2 gloo ranks equal 1 process, export)."""
+"""vice.ops.gather: rows of unequal counts gathered from 2 gloo ranks in rank order, the
+padding dropped; a world of one returns its own rows."""
 
 from pathlib import Path
 

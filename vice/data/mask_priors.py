@@ -361,7 +361,8 @@ def compute_mask(
 
 def check_mask_prior(source: ImageSource, cfg: DataConfig) -> None:
     """Raises ValueError, naming the key, the value and the fix, when `source` cannot give the
-    configured masks. Cheap: probes the first image and lists the map directory once."""
+    configured masks. Cheap: probes the first image (`gt`), lists the map directory once and
+    reads every map's and image's size from its header (`files`)."""
     name = cfg.mask_prior.source
     if name not in MASK_PRIORS:
         raise _unknown(name)
@@ -402,8 +403,21 @@ def check_mask_prior(source: ImageSource, cfg: DataConfig) -> None:
             f"'{directory / (missing[0].stem + '.png')}'. Write one <image stem>.png per "
             "image there, or set data.mask_prior.directory to the directory that holds them"
         )
-    map_path = directory / f"{image_paths[0].stem}.png"
-    map_hw = load_saliency_png(map_path).shape
-    image_hw = native_size(image_paths[0])
-    if map_hw != image_hw:
-        raise _wrong_size(map_path, map_hw, image_paths[0], image_hw)
+    # Every pair, from the file headers only (0.07 ms a pair here: under a second for VOC's
+    # 10,582 trainaug images):
+    # a wrong-size map found mid-training would end the job hours in.
+    wrong = []
+    for image_path in image_paths:
+        map_path = directory / f"{image_path.stem}.png"
+        with Image.open(map_path) as img:
+            map_hw = img.size[::-1]
+        image_hw = native_size(image_path)
+        if map_hw != image_hw:
+            wrong.append((map_path, map_hw, image_path, image_hw))
+    if len(wrong) == 1:
+        raise _wrong_size(*wrong[0])
+    if wrong:
+        raise ValueError(
+            f"{len(wrong)} of {len(image_paths)} saliency maps differ in size from their "
+            f"images; the first: {_wrong_size(*wrong[0])}"
+        )

@@ -122,7 +122,9 @@ class SubmitChecks(Callback):
         try:
             check_output_dir(str(config.hydra.sweep.dir), "hydra.sweep.dir")
         except ValueError as err:
-            _exit([f"preflight error: {err}"], code=3)  # an environment error
+            _exit(
+                [f"{exit_codes.NAMES[exit_codes.ENVIRONMENT]}: {err}"], code=exit_codes.ENVIRONMENT
+            )
         _remember_sweep_dir(Path(str(config.hydra.sweep.dir)))
 
 
@@ -175,6 +177,7 @@ class ViceSlurmLauncher(Launcher):
         """Every point's typed config and run dir; exits listing all errors if any fails."""
         from jobs import exit_codes
         from jobs.preflight import (
+            check_caches,
             check_cluster,
             check_constraint,
             check_data,
@@ -224,6 +227,7 @@ class ViceSlurmLauncher(Launcher):
                         cfg = to_config(task_cfg)
                     with refused_as(exit_codes.ENVIRONMENT):
                         check_tracking(cfg)
+                        check_caches(cfg)  # on the shared file system the jobs write them
                     with refused_as(exit_codes.DATA):
                         check_data(cfg)
                 except LaunchRefusedError as err:
