@@ -191,20 +191,18 @@ def save_mlflow_model(cfg: Config, run_dir: str | Path) -> Path:
 def render_views(cfg: Config, run_dir: str | Path) -> list[Path]:
     """Views figures of `figure.indices` (what the network is trained on) into the run dir.
 
-    ViCE's sample builder gets the views figure (views, superpixels, masks); the two-crop
-    builders (`two_crops`, `mask_crops`) get the crops figure (crops on the source, both views,
-    overlap box or mask). A method trained on another builder gets none (an empty list) rather
-    than a picture of data it never saw.
+    Each sample builder's figure comes from `vice.viz.sample_figures.SAMPLE_FIGURES` (views
+    with superpixels and masks; crops on the source with their overlap box or mask). A method
+    trained on a builder without one gets none (an empty list) rather than a picture of data
+    it never saw.
     """
-    from vice.data.builders import build_samples
     from vice.data.datasets import build_source
-    from vice.data.pretrain import ViceDataset
     from vice.methods import METHODS
-    from vice.viz.crops_figure import render_crops_figure
-    from vice.viz.views_figure import render_views_figure
+    from vice.viz.sample_figures import SAMPLE_FIGURES
 
     builder = METHODS[cfg.method.name].sample_builder
-    if builder not in ("vice_views", "two_crops", "mask_crops"):
+    figure = SAMPLE_FIGURES.get(builder)
+    if figure is None:
         log.info(
             "no views figure for method %s (no figure draws its sample builder %s)",
             cfg.method.name,
@@ -212,10 +210,7 @@ def render_views(cfg: Config, run_dir: str | Path) -> list[Path]:
         )
         return []
     source = build_source(cfg.data)
-    if builder == "vice_views":
-        dataset = ViceDataset(source, cfg.data, keep_debug=True)
-    else:
-        dataset = build_samples(builder, source, cfg.data)
+    draw = figure(cfg, source)
     written = []
     for index in cfg.figure.indices:
         if index >= len(source):
@@ -223,24 +218,7 @@ def render_views(cfg: Config, run_dir: str | Path) -> list[Path]:
                 f"invalid config value figure.indices: {index} is past the "
                 f"{len(source)} images of data.split={cfg.data.split!r}"
             )
-        item = dataset[(cfg.figure.epoch, index)]
-        title = f"{cfg.data.dataset} {source.key(item['index'])}"
-        if builder == "vice_views":
-            img, ids = dataset.prepare(item["index"])
-            fig = render_views_figure(
-                img, ids, item["sample"], cfg.data.views.mean, cfg.data.views.std, title=title
-            )
-        else:
-            if item["index"] != index:  # the builder skipped the image and drew another
-                title += f" (in place of skipped image {index})"
-            fig = render_crops_figure(
-                source.load_image(item["index"]),
-                item["sample"],
-                cfg.data.views.mean,
-                cfg.data.views.std,
-                title=f"{cfg.method.name} {title}",
-            )
         out = RunDir(run_dir).views_figure(index)
-        fig.save(out)
+        draw(index).save(out)
         written.append(out)
     return written

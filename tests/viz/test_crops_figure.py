@@ -186,6 +186,35 @@ def _config(experiment: str, indices: list[int]):
         return to_config(compose("config", overrides))
 
 
+def test_every_sample_builder_has_a_figure():
+    from vice.data.builders import SAMPLE_BUILDERS
+    from vice.viz.sample_figures import SAMPLE_FIGURES
+
+    assert sorted(SAMPLE_FIGURES) == sorted(SAMPLE_BUILDERS)
+
+
+def test_render_views_of_vice_draws_its_views_figure(tmp_path):
+    """ViCE's builder gets the views figure: the same image the figure module draws itself."""
+    from vice.data.datasets import build_source
+    from vice.data.pretrain import ViceDataset
+    from vice.viz.views_figure import render_views_figure
+
+    cfg = _config("smoke", [1])
+    (path,) = render_views(cfg, tmp_path)
+    assert path == RunDir(tmp_path).views_figure(1)
+    source = build_source(cfg.data)
+    dataset = ViceDataset(source, cfg.data, keep_debug=True)
+    item = dataset[(cfg.figure.epoch, 1)]
+    img, ids = dataset.prepare(item["index"])
+    expected = render_views_figure(
+        img, ids, item["sample"], cfg.data.views.mean, cfg.data.views.std,
+        title=f"{cfg.data.dataset} {source.key(item['index'])}",
+    )  # fmt: skip
+    with Image.open(path) as im:
+        assert im.size == expected.size
+        assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(expected.convert("RGB")))
+
+
 @pytest.mark.parametrize("experiment", ["slotcon_smoke", "maskcontrast_smoke"])
 def test_render_views_writes_one_crops_figure_per_index(experiment, tmp_path):
     cfg = _config(experiment, [0, 3])
