@@ -612,6 +612,11 @@ class ClusterConfig:
     """SLURM resources of the pretrain and eval jobs (`python jobs/launch.py -m ...`).
 
     Nodes and processes per node come from trainer.nodes and trainer.gpus_per_node.
+
+    Only jobs/ reads this section, `launch` and `trainer.max_requeues` (the library only keeps
+    them out of MLflow params). They stay in the one schema that types a run's config.yaml,
+    at composition and when a job reads it back (`vice.pipeline.load_config`): moving them
+    into jobs/ means a jobs-side subclass of Config chosen by every entry point, not done yet.
     """
 
     partition: str | None = None  # None: the cluster's default partition (sinfo's `*`)

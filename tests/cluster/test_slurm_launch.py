@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from vice.config import FloorsConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 # smoke, shorter: 4 steps, a cheap probe; every part of the pipeline still runs
 FAST = (
@@ -158,6 +160,17 @@ def _check_trained_and_evaluated(chain: Chain, world_size: int) -> str:
     assert run.data.params["trainer.nodes"] == "2"
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
     assert abs(run.data.metrics["eval.clustering.8.miou"] - metrics["clustering.8.miou"]) < 1e-9
+    # the SLURM eval job scored every floor and the region metrics on the same images, and
+    # logged each result's margin over the strongest floor
+    assert metrics["floors.names"] == list(FloorsConfig().names) and not metrics["floors.skipped"]
+    for key in ("clustering.8.miou", "linear.miou", "region.nn_same_class", "region.probe_acc"):
+        floors = {n: metrics[f"floors.{n}.{key}"] for n in metrics["floors.names"]}
+        best = max(floors, key=floors.get)
+        assert metrics[f"margin.{key}.floor"] == best, key
+        assert abs(metrics[f"margin.{key}"] - (metrics[key] - floors[best])) < 1e-9, key
+        assert abs(run.data.metrics[f"eval.margin.{key}"] - metrics[f"margin.{key}"]) < 1e-9
+        for name, value in floors.items():
+            assert abs(run.data.metrics[f"eval.floors.{name}.{key}"] - value) < 1e-9, name
     return out
 
 
