@@ -124,3 +124,29 @@ def test_two_gloo_ranks_equal_one_process_in_float64(tmp_path):
     # float64 rounding through 3 steps (teacher, predictor and BatchNorm buffers included);
     # rank-local BatchNorm statistics or an unaveraged gradient differ by >1e-3.
     assert worst < 1e-9, (worst_key, worst)
+
+
+def test_a_checkpoint_from_before_the_interface_is_refused_by_a_later_method():
+    """Format 1 (no `format` key) was ViCE's alone: another method says what wrote it and
+    what to do, instead of a KeyError deep in load_state_dict."""
+    from vice.methods import METHODS
+
+    with pytest.raises(ValueError) as err:
+        METHODS["twin"].current_checkpoint({"model": {}, "step": 4}, "/r/checkpoints/step_4")
+    assert str(err.value) == (
+        "checkpoint /r/checkpoints/step_4 was written by vice before the method interface "
+        "(checkpoint format 1, when ViCE was the only method); method='twin' cannot resume "
+        "it. Start a new run directory, or resume it with method=vice"
+    )
+
+
+@pytest.mark.slow
+def test_a_run_dir_of_another_method_is_refused_naming_both(tmp_path):
+    train(twin_config(steps=2), tmp_path, should_stop=lambda step: step == 1)
+    (path,) = [c.path for c in CheckpointManager(RunDir(tmp_path).checkpoints).list()]
+    with pytest.raises(ValueError) as err:
+        train(tiny_config(steps=2), tmp_path)  # method=vice in twin's run directory
+    assert str(err.value) == (
+        f"invalid config value method.name='vice': the run's checkpoint {path} was written "
+        "by method 'twin'; use a new run directory"
+    )

@@ -130,6 +130,7 @@ def test_coco_recipe_is_the_published_one():
     assert d.batch_size * cfg.trainer.gpus_per_node * cfg.trainer.nodes == 512
     assert o.warmup_iters == 5 * (118287 // 512) and cfg.trainer.epochs == 800
     assert (d.dataset, d.split, d.views.view_size) == ("coco", "train", 224)
+    assert d.max_resample == 10  # view 2's tries for an overlap with view 1
     assert (d.views.crop_scale_min, d.views.crop_scale_max, d.masking.enabled) == (0.08, 1.0, False)
     v = d.views
     assert (v.jitter_prob, v.brightness, v.contrast, v.saturation, v.hue, v.gray_prob) == (
