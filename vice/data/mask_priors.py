@@ -404,8 +404,7 @@ def check_mask_prior(source: ImageSource, cfg: DataConfig) -> None:
             "image there, or set data.mask_prior.directory to the directory that holds them"
         )
     # Every pair, from the file headers only (0.07 ms a pair here: under a second for VOC's
-    # 10,582 trainaug images):
-    # a wrong-size map found mid-training would end the job hours in.
+    # 10,582 trainaug images): a wrong-size map found mid-training would end the job hours in.
     wrong = []
     for image_path in image_paths:
         map_path = directory / f"{image_path.stem}.png"

@@ -90,6 +90,13 @@ def _agree(flags: list[bool], device: torch.device) -> list[bool]:
     return (dist.all_reduce_max(t.to(device)).cpu() > 0).tolist()
 
 
+def _timed_save(parts: Parts, state: TrainState, rt: Runtime, name: str) -> float:
+    """Saves a checkpoint of this step; returns the seconds the write took."""
+    started = time.monotonic()
+    save_checkpoint(parts, state, rt, name)
+    return time.monotonic() - started
+
+
 def _stop_name(reason: str | bool | None) -> str:
     """The stop's name: the signal's, "peer" (another rank's signal), "stop" (a test's)."""
     return reason if isinstance(reason, str) else "peer" if not reason else "stop"
@@ -459,9 +466,7 @@ def train(
         if _agree([bool(reason)], device)[0]:
             stop_signal = _stop_name(reason)
             if resumed_from is None:
-                save_started = time.monotonic()
-                save_checkpoint(parts, state, rt, name)
-                save_s = time.monotonic() - save_started
+                save_s = _timed_save(parts, state, rt, name)
     while state.step < total_steps and stop_signal is None:
         tic = time.monotonic()
         for batch in loader:
@@ -501,10 +506,8 @@ def train(
             )
             at_end = state.step >= total_steps
             if state.step % cfg.trainer.checkpoint_every == 0 or time_due or stop or at_end:
-                save_started = time.monotonic()
-                save_checkpoint(parts, state, rt, name)
+                save_s = _timed_save(parts, state, rt, name)
                 last_save = time.monotonic()
-                save_s = last_save - save_started
             if stop and not at_end:
                 stop_signal = _stop_name(reason)
             if stop_signal is not None or at_end:

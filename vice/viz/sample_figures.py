@@ -9,6 +9,7 @@ than a picture of data the method never saw. A new method's builder adds its ent
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from PIL import Image
 
@@ -36,35 +37,31 @@ def _views(cfg: Config, source: ImageSource) -> Draw:
     return draw
 
 
-def _crops(builder: str) -> Callable[[Config, ImageSource], Draw]:
+def _crops(cfg: Config, source: ImageSource, builder: str) -> Draw:
     """Two-crop builders: the crops on the source image, both views, overlap box or mask."""
+    from vice.data.builders import build_samples
+    from vice.viz.crops_figure import render_crops_figure
 
-    def make(cfg: Config, source: ImageSource) -> Draw:
-        from vice.data.builders import build_samples
-        from vice.viz.crops_figure import render_crops_figure
+    dataset = build_samples(builder, source, cfg.data)
 
-        dataset = build_samples(builder, source, cfg.data)
+    def draw(index: int) -> Image.Image:
+        item = dataset[(cfg.figure.epoch, index)]
+        title = f"{cfg.method.name} {cfg.data.dataset} {source.key(item['index'])}"
+        if item["index"] != index:  # the builder skipped the image and drew another
+            title += f" (in place of skipped image {index})"
+        return render_crops_figure(
+            source.load_image(item["index"]),
+            item["sample"],
+            cfg.data.views.mean,
+            cfg.data.views.std,
+            title=title,
+        )
 
-        def draw(index: int) -> Image.Image:
-            item = dataset[(cfg.figure.epoch, index)]
-            title = f"{cfg.method.name} {cfg.data.dataset} {source.key(item['index'])}"
-            if item["index"] != index:  # the builder skipped the image and drew another
-                title += f" (in place of skipped image {index})"
-            return render_crops_figure(
-                source.load_image(item["index"]),
-                item["sample"],
-                cfg.data.views.mean,
-                cfg.data.views.std,
-                title=title,
-            )
-
-        return draw
-
-    return make
+    return draw
 
 
 SAMPLE_FIGURES: dict[str, Callable[[Config, ImageSource], Draw]] = {
     "vice_views": _views,
-    "two_crops": _crops("two_crops"),
-    "mask_crops": _crops("mask_crops"),
+    "two_crops": partial(_crops, builder="two_crops"),
+    "mask_crops": partial(_crops, builder="mask_crops"),
 }
